@@ -1,0 +1,126 @@
+"""Turn config sections into objects. The only place that reads a DictConfig besides the entry points;
+everything built here takes plain typed arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .data import DataBundle, build_datasets
+from .engine import AmpSettings
+from .errors import UserError
+from .i2e import I2E
+from .models import build_model, neuron_input_fp32
+
+T = typing.TypeVar("T")
+
+
+def section(cfg: DictConfig, key: str) -> dict[str, Any]:
+    node = OmegaConf.select(cfg, key)
+    if node is None:
+        return {}
+    return typing.cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
+
+
+def options(cls: type[T], values: dict[str, Any], prefix: str) -> T:
+    """A dataclass from a config section, with one-line errors for unknown keys and wrong types."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise UserError(f"unknown config key '{prefix}.{key}'; valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    allowed = (
+        typing.get_args(hint)
+        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+        else (hint,)
+    )
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise UserError(f"{name} must be set (got null)")
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if t is str and isinstance(value, str):
+            return value
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
+    kinds = " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in allowed)
+    raise UserError(f"{name} must be {kinds}, got {value!r}")
+
+
+def resolve_amp(precision: str, device: torch.device) -> AmpSettings:
+    """``auto``: bf16 on GPUs that have it (fp16 otherwise), fp32 on CPU."""
+    choices = ("auto", "fp32", "bf16", "fp16")
+    if precision not in choices:
+        raise UserError(f"trainer.precision must be one of {', '.join(choices)}, got '{precision}'")
+    if precision == "auto":
+        if device.type != "cuda":
+            return AmpSettings(device.type, None)
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return AmpSettings(device.type, dtype)
+
+
+def build_data(cfg: DictConfig) -> DataBundle:
+    values = section(cfg, "dataset")
+    name = values.pop("name", None)
+    if not name:
+        raise UserError("dataset.name is not set; choose a dataset with dataset=<name>")
+    try:
+        bundle = build_datasets(name, **values)
+    except (ValueError, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    declared = values.get("num_classes")
+    if declared is not None and int(declared) != bundle.num_classes:
+        raise UserError(
+            f"dataset.num_classes={declared} but dataset '{name}' has {bundle.num_classes} classes; "
+            f"set dataset.num_classes={bundle.num_classes}"
+        )
+    return bundle
+
+
+def build_network(cfg: DictConfig, num_classes: int, device: torch.device, amp: AmpSettings) -> nn.Module:
+    name = OmegaConf.select(cfg, "model.name")
+    try:
+        model = build_model(str(name), num_classes)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    model.to(device)
+    if amp.dtype is not None:
+        neuron_input_fp32(model)
+    return model
+
+
+def build_converter(cfg: DictConfig, bundle: DataBundle, seed: int, amp: AmpSettings) -> nn.Module | None:
+    """I2E on the training device, or None for datasets that already are events."""
+    if bundle.events:
+        return None
+    values = section(cfg, "i2e")
+    order = values.get("order", "gamma_alpha_beta")
+    try:
+        return I2E(
+            ratio=float(values["ratio"]),
+            order=order,
+            random_vectors=bool(values.get("random_vectors", True)),
+            per_sample=bool(values.get("per_sample", False)),
+            seed=seed,
+            dtype=amp.dtype or torch.float32,
+        )
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"invalid i2e settings: {e}") from None

@@ -1,0 +1,268 @@
+"""Command-line plumbing shared by the console scripts.
+
+Hydra reports config mistakes as multi-line exceptions; a user who mistypes a key or preset
+should get one line naming it and the valid choices. ``main`` composes the config once before
+handing over to Hydra, translating composition errors, and ``guard`` turns the :class:`UserError`
+raised inside a run into ``prog: error: ...`` with a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import datetime
+import difflib
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from .errors import UserError
+
+CONFIG_MODULE = "i2e_train.configs"
+CONFIG_DIR = Path(__file__).parent / "configs"
+# Hydra flags that take a value, and flags that change what Hydra does with the config.
+_FLAGS_WITH_VALUE = {
+    "--cfg",
+    "-c",
+    "--package",
+    "-p",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--info",
+    "-i",
+    "--experimental-rerun",
+}
+_SKIP_PRECHECK = {
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--version",
+    "--shell-completion",
+    "-sc",
+    "--multirun",
+    "-m",
+    "--config-path",
+    "-cp",
+    "--config-name",
+    "-cn",
+    "--config-dir",
+    "-cd",
+    "--experimental-rerun",
+}
+
+
+def fail(prog: str, message: str, code: int = 2) -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+# ----------------------------------------------------------------------------- resolvers
+def _run_stamp() -> str:
+    """Timestamp naming a run folder; identical for every rank of one torchrun launch."""
+    if os.environ.get("I2E_RUN_STAMP"):
+        return os.environ["I2E_RUN_STAMP"]
+    started = _launcher_start_time() if "LOCAL_RANK" in os.environ else None
+    moment = datetime.datetime.fromtimestamp(started) if started else datetime.datetime.now()
+    return moment.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def _launcher_start_time() -> float | None:
+    # All local ranks are children of the same torchrun agent: its start time is shared.
+    try:
+        stat = Path(f"/proc/{os.getppid()}/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _output_subdir() -> str | None:
+    return ".hydra" if int(os.environ.get("RANK", "0")) == 0 else None
+
+
+def _eval_dir(checkpoint: str) -> str:
+    path = Path(str(checkpoint))
+    if path.parent.name == "checkpoints":
+        return str(path.parent.parent / "eval" / path.stem)
+    return str(path.parent / f"{path.stem}_eval")
+
+
+def register_resolvers() -> None:
+    for name, fn in (
+        ("i2e_run_stamp", _run_stamp),
+        ("i2e_output_subdir", _output_subdir),
+        ("i2e_eval_dir", _eval_dir),
+    ):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn, use_cache=True)
+
+
+# ----------------------------------------------------------------------------- errors
+def guard(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictConfig], Any]]:
+    """Decorator for a Hydra task: user mistakes become one line and exit code 2."""
+
+    def deco(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+        @functools.wraps(task)
+        def wrapper(cfg: DictConfig) -> Any:
+            try:
+                return task(cfg)
+            except UserError as e:
+                fail(prog, str(e))
+            except KeyboardInterrupt:
+                print(f"{prog}: interrupted", file=sys.stderr)
+                sys.exit(130)
+
+        return wrapper
+
+    return deco
+
+
+def user_overrides(argv: list[str]) -> list[str]:
+    """Config overrides from a command line, without Hydra's own flags and hydra.* settings."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("-"):
+            skip = arg in _FLAGS_WITH_VALUE and "=" not in arg
+            continue
+        if arg.lstrip("+~").startswith(("hydra.", "hydra/")):
+            continue
+        out.append(arg)
+    return out
+
+
+def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
+    """Compose the config as Hydra will; raise UserError with one clear line if it cannot be."""
+    if any(a.split("=")[0] in _SKIP_PRECHECK for a in argv):
+        return None
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    overrides = user_overrides(argv)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+    except OverrideParseException as e:
+        bad = next((o for o in overrides if "=" not in o and not o.startswith("~")), None)
+        if bad is not None:
+            raise UserError(f"'{bad}' is not a key=value setting (e.g. trainer.epochs=5)") from None
+        raise UserError(f"cannot parse the command line: {_first_line(e)}") from None
+    except MissingConfigException as e:
+        raise UserError(_missing_config_message(e, overrides)) from None
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(_composition_message(e, config_name, overrides)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    missing = _missing_keys(cfg)
+    if missing:
+        raise UserError(f"missing required setting '{missing[0]}' (give it as {missing[0]}=...)")
+    return cfg
+
+
+def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """Keys set to ``???``, found without resolving interpolations (which may depend on them)."""
+    out = []
+    for key in cfg:
+        if OmegaConf.is_missing(cfg, key):
+            out.append(f"{prefix}{key}")
+        elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg._get_node(key), DictConfig):
+            out += _missing_keys(cfg._get_node(key), f"{prefix}{key}.")
+    return out
+
+
+def group_options(group: str) -> list[str]:
+    folder = CONFIG_DIR / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _missing_config_message(e: Exception, overrides: list[str]) -> str:
+    for ov in overrides:
+        key, _, value = ov.lstrip("+~").partition("=")
+        if "." not in key and (CONFIG_DIR / key).is_dir() and value not in group_options(key):
+            choices = ", ".join(group_options(key)) or "(none available)"
+            return f"unknown {key} '{value}'; choose one of: {choices}"
+    return _first_line(e)
+
+
+def _composition_message(e: Exception, config_name: str, overrides: list[str]) -> str:
+    text = str(e)
+    if "not in struct" in text or "Could not override" in text or "Could not append" in text:
+        for ov in overrides:
+            key = ov.lstrip("+~").partition("=")[0]
+            if key and not _key_exists(config_name, key, overrides):
+                return _unknown_key_message(config_name, key, overrides)
+    return _first_line(e)
+
+
+def _first_line(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _base_config(config_name: str, overrides: list[str]) -> DictConfig | None:
+    """The config with only the group choices from ``overrides`` applied (to list valid keys)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    groups = [
+        o
+        for o in overrides
+        if "." not in o.partition("=")[0] and (CONFIG_DIR / o.partition("=")[0].lstrip("+~")).is_dir()
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return compose(config_name=config_name, overrides=groups)
+    except Exception:  # noqa: BLE001 - only used to improve an error message
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _key_exists(config_name: str, key: str, overrides: list[str]) -> bool:
+    cfg = _base_config(config_name, overrides)
+    if cfg is None:
+        return True
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node
+
+
+def _unknown_key_message(config_name: str, key: str, overrides: list[str]) -> str:
+    cfg = _base_config(config_name, overrides)
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if (cfg is not None and parent) else cfg
+    if not isinstance(node, DictConfig):
+        top = ", ".join(k for k in (cfg or {}) if k != "hydra")
+        return f"unknown config key '{key}'; top-level keys are: {top}"
+    keys = [str(k) for k in node]
+    close = difflib.get_close_matches(leaf, keys, n=1)
+    hint = f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
+    return f"unknown config key '{key}'{hint}; valid keys{' under ' + parent if parent else ''}: {', '.join(keys)}"
+
+
+def main(hydra_main: Callable[[], Any], config_name: str, prog: str) -> None:
+    """Entry point body: validate the command line, then run the Hydra application."""
+    register_resolvers()
+    try:
+        precheck(config_name, sys.argv[1:])
+    except UserError as e:
+        fail(prog, str(e))
+    hydra_main()

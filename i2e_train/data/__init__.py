@@ -1,0 +1,66 @@
+"""Datasets: a registry of builders keyed by ``dataset.name``.
+
+A builder takes the dataset config's keys as plain keyword arguments and returns a
+:class:`DataBundle`: train/val datasets yielding ``(sample, label)`` where a sample is a PIL image
+or uint8 tensor before ``train_transform``/``val_transform`` and a uint8 ``[3, H, W]`` tensor of
+the configured size after them — or, for datasets that already are events (``events=True``), a
+``[T, 2, H, W]`` tensor that skips I2E.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..errors import UserError
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    val: Dataset
+    num_classes: int
+    train_transform: Callable[[Any], Any] | None = None
+    val_transform: Callable[[Any], Any] | None = None
+    events: bool = False
+    class_names: list[str] = field(default_factory=list)
+
+
+Builder = Callable[..., DataBundle]
+DATASETS: dict[str, Builder] = {}
+# Dataset config keys that configure other parts (the I2E ratio the paper used for the dataset).
+NON_BUILDER_KEYS = ("name", "ratio")
+
+
+def register(name: str) -> Callable[[Builder], Builder]:
+    def deco(fn: Builder) -> Builder:
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def build_datasets(name: str, **kwargs: Any) -> DataBundle:
+    """Build dataset ``name`` from its config keys; unknown names/keys are UserErrors."""
+    _load_builtin()
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
+    builder = DATASETS[name]
+    kwargs = {k: v for k, v in kwargs.items() if k not in NON_BUILDER_KEYS}
+    params = inspect.signature(builder).parameters
+    unknown = [k for k in kwargs if k not in params]
+    if unknown:
+        raise UserError(
+            f"dataset '{name}' has no setting '{unknown[0]}'; its settings are: "
+            f"{', '.join(p for p in params)}"
+        )
+    return builder(**kwargs)
+
+
+def _load_builtin() -> None:
+    # Importing the modules registers their builders.
+    from . import digits, folders  # noqa: F401

@@ -1,0 +1,128 @@
+"""Everything that touches ``torch.distributed``. Works unchanged in a single process.
+
+Under ``torchrun`` the process group is created from the environment (NCCL on CUDA, gloo on CPU);
+without it every helper here degrades to the single-process answer.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def env_rank() -> int:
+    """This process's global rank from the launcher's environment (0 outside torchrun)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
+    """``auto`` picks the GPU when there is one; ``cuda`` without a GPU is a clear error."""
+    if preference not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"trainer.device must be auto, cpu or cuda, got '{preference}'")
+    if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
+def init_distributed(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
+    """Join the torchrun process group if launched by torchrun, else return a single-process DistInfo."""
+    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+        return DistInfo(device=resolve_device(device_preference))
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(device_preference, local_rank)
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(
+            backend="nccl" if device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(minutes=timeout_minutes),
+            device_id=device if device.type == "cuda" else None,
+        )
+    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Max of a tensor over ranks in place (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s Python object on every rank."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on any rank (used to stop all ranks together)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    return bool(all_reduce_max(t).item() > 0)
+
+
+def wrap_model(model: nn.Module, info: DistInfo, sync_batchnorm: bool = False) -> nn.Module:
+    """DistributedDataParallel when there are several ranks; the model itself otherwise."""
+    if not info.distributed:
+        return model
+    if sync_batchnorm:
+        model = convert_sync_batchnorm(model)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+
+def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
+    """Swap every BatchNorm2d (also SpikingJelly's multi-step one) for a SyncBatchNorm that folds T into B."""
+    from .models.sync_bn import convert_sync_batchnorm as convert
+
+    return convert(model)

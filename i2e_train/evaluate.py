@@ -1,0 +1,170 @@
+"""``i2e-eval checkpoint=PATH``: evaluate a checkpoint on its validation data.
+
+The model, data and I2E settings come from the config stored in the checkpoint; command-line
+overrides (``dataset.root=...``, ``trainer.device=cpu``) replace individual values. A checkpoint
+without a stored config (the paper's released files) takes them from the command line:
+``i2e-eval checkpoint=i2e_imagenet_r18.pth dataset=imagenet dataset.root=/data/imagenet``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from . import cli
+from .errors import CheckpointError, UserError
+
+PROG = "i2e-eval"
+
+
+def merge_with_checkpoint_config(
+    composed: DictConfig, stored: dict[str, Any] | None, overrides: list[str]
+) -> DictConfig:
+    """The stored training config with the user's command-line overrides applied on top.
+
+    ``composed`` is the eval config Hydra built from the same overrides, so the value an override
+    produced (also for a whole group such as ``dataset=cifar10``) is read from it. The ``trainer``
+    section describes the machine and loop, not the model: it always comes from ``composed`` (so
+    a training run's ``limit_val_batches`` does not shorten the evaluation).
+    """
+    if not stored:
+        return composed
+    merged = OmegaConf.create(stored)
+    merged.trainer = composed.trainer
+    for override in overrides:
+        key = override.lstrip("+~").partition("=")[0]
+        if key.startswith("hydra"):
+            continue
+        value = OmegaConf.select(composed, key)
+        OmegaConf.update(
+            merged,
+            key,
+            OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value,
+            merge=False,
+            force_add=True,
+        )
+    for key in ("checkpoint", "out_dir"):
+        merged[key] = composed[key]
+    return merged
+
+
+@cli.guard(PROG)
+def run(cfg: DictConfig) -> dict[str, Any]:
+    # Heavy imports here, so that a mistyped command line is answered at once.
+    import torch
+
+    from . import builders, checkpoint, distributed, engine
+    from .data.sampler import EpochSampler, SeededDataset
+    from .trainer import TrainerOptions
+
+    ckpt_path = Path(cfg.checkpoint)
+    ckpt = checkpoint.load_checkpoint(ckpt_path)
+    checkpoint.extract_state_dict(ckpt, ckpt_path)  # fail early on foreign files
+    stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else None
+    cfg = merge_with_checkpoint_config(cfg, stored, list(HydraConfig.get().overrides.task))
+    out_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    opts = builders.options(TrainerOptions, builders.section(cfg, "trainer"), "trainer")
+    try:
+        dist = distributed.init_distributed(opts.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    from .monitor import setup_logging
+
+    setup_logging(out_dir, dist.rank, filename="eval.log")
+    try:
+        amp = builders.resolve_amp(opts.precision, dist.device)
+        data = builders.build_data(cfg)
+        model = builders.build_network(cfg, data.num_classes, dist.device, amp)
+        try:
+            checkpoint.load_weights(model, ckpt_path)
+        except CheckpointError as e:
+            source = "its stored config" if stored else "the command line (model=..., dataset=...)"
+            raise CheckpointError(f"{e} (model and dataset came from {source})") from None
+        converter = builders.build_converter(cfg, data, int(cfg.get("seed", 0)), amp)
+        if converter is not None:
+            converter.eval()
+        sampler = EpochSampler(
+            len(data.val), shuffle=False, rank=dist.rank, world_size=dist.world_size, pad=False
+        )
+        loader = torch.utils.data.DataLoader(
+            SeededDataset(data.val, data.val_transform),
+            batch_size=opts.val_batch_size or max(opts.batch_size // dist.world_size, 1),
+            sampler=sampler,
+            num_workers=opts.num_workers,
+            pin_memory=dist.device.type == "cuda",
+        )
+        result = engine.evaluate(
+            model,
+            loader,
+            num_classes=data.num_classes,
+            device=dist.device,
+            converter=converter,
+            amp=amp,
+            limit_batches=opts.limit_val_batches,
+        )
+        report = {
+            "checkpoint": str(ckpt_path),
+            "epoch": ckpt.get("epoch"),
+            "model": str(cfg.model.name),
+            "dataset": str(cfg.dataset.name),
+            "top1": result.top1,
+            "top5": result.top5,
+            "loss": result.loss,
+            "samples": result.samples,
+            "per_class_accuracy": dict(zip(_class_names(data), result.per_class_accuracy, strict=True)),
+            "per_class_samples": dict(zip(_class_names(data), result.per_class_total, strict=True)),
+            "world_size": dist.world_size,
+        }
+        if dist.is_main:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+            _print_summary(report, out_dir)
+        return report
+    finally:
+        distributed.cleanup()
+
+
+def _class_names(data: Any) -> list[str]:
+    return list(data.class_names) if data.class_names else [str(i) for i in range(data.num_classes)]
+
+
+def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
+    from .monitor import log
+
+    log.info(
+        "%s on %s: top-1 %.2f%%  top-5 %.2f%%  loss %.4f  (%d samples, checkpoint epoch %s)",
+        report["model"],
+        report["dataset"],
+        report["top1"],
+        report["top5"],
+        report["loss"],
+        report["samples"],
+        report["epoch"],
+    )
+    per_class = [(k, v) for k, v in report["per_class_accuracy"].items() if v is not None]
+    if len(per_class) <= 20:
+        log.info("per-class top-1: %s", "  ".join(f"{k}: {v:.1f}%" for k, v in per_class))
+    else:
+        ranked = sorted(per_class, key=lambda kv: kv[1])
+        log.info("lowest per-class top-1: %s", "  ".join(f"{k}: {v:.1f}%" for k, v in ranked[:5]))
+        log.info("highest per-class top-1: %s", "  ".join(f"{k}: {v:.1f}%" for k, v in ranked[-5:]))
+    log.info("wrote %s", out_dir / "eval.json")
+
+
+@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    cli.main(_hydra_main, "eval", PROG)
+
+
+if __name__ == "__main__":
+    main()

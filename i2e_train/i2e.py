@@ -1,0 +1,345 @@
+"""I2E image-to-event conversion (arXiv 2511.08065).
+
+An RGB image becomes 8 binary ON/OFF event frames. Each timestep compares the
+intensity ``V = max(R, G, B)`` at two positions of the 3x3 neighbourhood
+(a "displacement pair"), mimicking a small saccade of an event camera, and
+emits an event where the change reaches a per-image threshold
+``ratio * (max(V) - min(V))``.
+
+The conversion is bit-exact by construction: every temporal difference is a
+single float32 subtraction of two shifted views of the padded intensity map.
+A convolution would be shorter to write but is not exact on GPUs (TF32,
+Winograd), so it is deliberately avoided.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import operator
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "GROUPS",
+    "I2E",
+    "ORDERS",
+    "event_rate",
+    "fixed_pairs",
+    "i2e_convert",
+    "resolve_order",
+]
+
+NUM_STEPS = 8
+
+# Positions 1..9 of the 3x3 neighbourhood, row-major (5 = centre).
+# Each group holds equivalent (from, to) displacement pairs; the first pair is
+# the one used when vectors are not randomised.
+GROUPS: tuple[tuple[tuple[int, int], ...], ...] = (
+    ((5, 6), (1, 2), (2, 3), (4, 5), (7, 8), (8, 9)),  # alpha, horizontal
+    ((5, 2), (4, 1), (6, 3), (7, 4), (8, 5), (9, 6)),  # alpha, vertical
+    ((5, 3), (4, 2), (7, 5), (8, 6)),  # beta, diagonal
+    ((5, 1), (6, 2), (8, 4), (9, 5)),  # beta, anti-diagonal
+    ((9, 4), (6, 1)),  # gamma
+    ((4, 3), (7, 6)),  # gamma
+    ((3, 8), (2, 7)),  # gamma
+    ((8, 1), (9, 2)),  # gamma
+)
+
+ORDERS: dict[str, tuple[int, ...]] = {
+    "alpha_beta_gamma": (0, 1, 2, 3, 4, 5, 6, 7),
+    "alpha_gamma_beta": (0, 1, 4, 5, 6, 7, 2, 3),
+    "beta_alpha_gamma": (2, 3, 0, 1, 4, 5, 6, 7),
+    "beta_gamma_alpha": (2, 3, 4, 5, 6, 7, 0, 1),
+    "gamma_alpha_beta": (4, 5, 6, 7, 0, 1, 2, 3),
+    "gamma_beta_alpha": (4, 5, 6, 7, 2, 3, 0, 1),
+}
+
+DEFAULT_ORDER = "gamma_alpha_beta"
+
+_OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool)
+
+# Every group size divides this, so ``randint(0, _DRAW_RANGE) % len(group)`` is
+# exactly uniform and one vectorised draw serves groups of different sizes.
+_DRAW_RANGE = math.lcm(*(len(g) for g in GROUPS))
+
+
+def _position_rc(p: int) -> tuple[int, int]:
+    return (p - 1) // 3, (p - 1) % 3
+
+
+def resolve_order(order: str | Sequence[int]) -> tuple[int, ...]:
+    """Turn a preset name or an explicit list of 8 group indices into a tuple."""
+    valid = ", ".join(ORDERS)
+    if isinstance(order, str):
+        if order not in ORDERS:
+            raise ValueError(
+                f"unknown I2E order {order!r}; valid presets: {valid} "
+                f"(or a list of {NUM_STEPS} group indices in 0..{len(GROUPS) - 1})"
+            )
+        return ORDERS[order]
+    try:
+        items = list(order)
+        # bool is an int subclass but True/False as group indices is surely a mistake.
+        groups = tuple(operator.index(g) for g in items if not isinstance(g, bool))
+    except TypeError:
+        items, groups = [], ()
+    if len(groups) != NUM_STEPS or len(items) != NUM_STEPS or any(not 0 <= g < len(GROUPS) for g in groups):
+        raise ValueError(
+            f"invalid I2E order {order!r}; expected a preset name ({valid}) "
+            f"or a list of {NUM_STEPS} group indices in 0..{len(GROUPS) - 1}"
+        )
+    return groups
+
+
+def _order_label(order: str | Sequence[int]) -> str:
+    return order if isinstance(order, str) else str(list(resolve_order(order)))
+
+
+def fixed_pairs(
+    order: str | Sequence[int] = DEFAULT_ORDER,
+) -> tuple[tuple[int, int], ...]:
+    """The deterministic (from, to) pair of each timestep: its group's first pair."""
+    return tuple(GROUPS[g][0] for g in resolve_order(order))
+
+
+def _check_ratio(ratio: float) -> float:
+    if (
+        isinstance(ratio, bool)
+        or not isinstance(ratio, numbers.Real)
+        or not math.isfinite(ratio)
+        or ratio < 0
+    ):
+        raise ValueError(f"I2E ratio must be a finite number >= 0, got {ratio!r}")
+    return float(ratio)
+
+
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor):
+        raise TypeError(f"I2E expects a torch.Tensor [B,3,H,W], got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[2] < 1 or images.shape[3] < 1:
+        raise ValueError(f"I2E expects images of shape [B,3,H,W], got {list(images.shape)}")
+    if images.dtype != torch.uint8 and not images.dtype.is_floating_point:
+        raise ValueError(f"I2E expects float images in [0,1] or uint8 in [0,255], got dtype {images.dtype}")
+
+
+def _check_dtype(dtype: torch.dtype) -> None:
+    if dtype not in _OUTPUT_DTYPES:
+        names = ", ".join(str(d) for d in _OUTPUT_DTYPES)
+        raise ValueError(f"unsupported I2E output dtype {dtype}; expected one of {names}")
+
+
+def _check_pair_list(pairs: object) -> tuple[tuple[int, int], ...]:
+    bad = ValueError(
+        f"I2E pairs must be {NUM_STEPS} (from, to) pairs of distinct positions in 1..9, got {pairs!r}"
+    )
+    try:
+        checked = tuple((operator.index(p[0]), operator.index(p[1])) for p in pairs)
+        lengths_ok = all(len(p) == 2 for p in pairs)
+    except (TypeError, IndexError):
+        raise bad from None
+    if (
+        not lengths_ok
+        or len(checked) != NUM_STEPS
+        or any(not (1 <= a <= 9 and 1 <= b <= 9) or a == b for a, b in checked)
+    ):
+        raise bad
+    return checked
+
+
+def _check_pair_tensor(pairs_TB2: Tensor, batch_size: int) -> Tensor:
+    """Validate per-sample pairs ``[8, B, 2]``; returns them as int64."""
+    if pairs_TB2.dtype.is_floating_point or pairs_TB2.dtype.is_complex:
+        raise ValueError(f"I2E per-sample pairs must be an integer tensor, got {pairs_TB2.dtype}")
+    if pairs_TB2.shape != (NUM_STEPS, batch_size, 2):
+        raise ValueError(
+            f"I2E per-sample pairs must have shape [{NUM_STEPS}, B={batch_size}, 2], "
+            f"got {list(pairs_TB2.shape)}"
+        )
+    pairs_TB2 = pairs_TB2.long()
+    # One host sync if the pairs live on a GPU; the module keeps them on the CPU.
+    if bool(((pairs_TB2 < 1) | (pairs_TB2 > 9) | (pairs_TB2[..., 0] == pairs_TB2[..., 1])[..., None]).any()):
+        raise ValueError("I2E per-sample pairs must be (from, to) positions in 1..9 with from != to")
+    return pairs_TB2
+
+
+def _intensity(images_BCHW: Tensor) -> Tensor:
+    """``V = max(R, G, B)`` in float32.
+
+    The max is taken before the conversion: uint8 -> float32 / 255 and
+    float -> float32 rounding are both monotone, so the result is identical to
+    converting first, at a third of the conversion cost.
+    """
+    v_BHW = images_BCHW.amax(dim=1)
+    if images_BCHW.dtype == torch.uint8:
+        return v_BHW.float() / 255
+    return v_BHW.float()
+
+
+def i2e_convert(
+    images: Tensor,
+    ratio: float,
+    order: str | Sequence[int] = DEFAULT_ORDER,
+    pairs: Sequence[tuple[int, int]] | Tensor | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Convert images ``[B,3,H,W]`` into events ``[8, B, 2, H, W]`` (ON, OFF).
+
+    ``pairs`` overrides the order's fixed pairs: 8 ``(from, to)`` pairs shared by
+    the batch, or an integer tensor ``[8, B, 2]`` with one pair per sample.
+    """
+    _check_images(images)
+    ratio = _check_ratio(ratio)
+    _check_dtype(dtype)
+    batch, _, height, width = images.shape
+    device = images.device
+
+    per_sample = isinstance(pairs, Tensor) and pairs.ndim == 3
+    if per_sample:
+        pairs_TB2 = _check_pair_tensor(pairs, batch)
+    else:
+        if pairs is None:
+            pair_list = fixed_pairs(order)
+        else:
+            resolve_order(order)  # still reject a bad order even though it is unused
+            pair_list = _check_pair_list(pairs.tolist() if isinstance(pairs, Tensor) else pairs)
+
+    if batch == 0:  # aminmax below has nothing to reduce over
+        return torch.zeros((NUM_STEPS, 0, 2, height, width), dtype=dtype, device=device)
+
+    v_BHW = _intensity(images)
+    vmin_B, vmax_B = v_BHW.reshape(batch, -1).aminmax(dim=1)
+    flat_B = vmax_B == vmin_B
+    # float32(ratio) * float32(range), spelled out so references can match it.
+    # A 0-d CPU tensor is used as a scalar by CUDA kernels: no host-to-device copy.
+    ratio_t = torch.tensor(ratio, dtype=torch.float32)
+    th_B = (vmax_B - vmin_B) * ratio_t
+    # ON: dV >= th (th >= 0, so dV >= 0 is implied).
+    # OFF: dV < 0 and -dV >= th  <=>  dV < min(nextafter(-th, +inf), 0), which is
+    # exact also for th == 0 and lets each polarity be a single comparison.
+    # A flat image has th == 0 and only zero differences: its OFF test is already
+    # never true, and an infinite ON threshold removes its ON events.
+    on_th_B11 = torch.where(flat_B, math.inf, th_B).view(batch, 1, 1)
+    off_lt_B = torch.nextafter(-th_B, torch.full_like(th_B, math.inf)).clamp_(max=0.0)
+    off_lt_B11 = off_lt_B.view(batch, 1, 1)
+
+    vpad_BHW = nn.functional.pad(v_BHW.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
+    events_TBCHW = torch.empty((NUM_STEPS, batch, 2, height, width), dtype=dtype, device=device)
+    dv_BHW = torch.empty((batch, height, width), dtype=torch.float32, device=device)
+
+    if per_sample:
+        # All 9 shifts as a zero-copy view [B, 3, 3, H, W]; each sample then
+        # gathers its own shift, avoiding a loop over samples.
+        shifts_B33HW = vpad_BHW.unfold(1, height, 1).unfold(2, width, 1)
+        rc_4TB = torch.stack(
+            (
+                (pairs_TB2[..., 1] - 1) // 3,
+                (pairs_TB2[..., 1] - 1) % 3,
+                (pairs_TB2[..., 0] - 1) // 3,
+                (pairs_TB2[..., 0] - 1) % 3,
+            )
+        )
+        if device.type == "cuda" and rc_4TB.device.type == "cpu":
+            rc_4TB = rc_4TB.pin_memory()  # lets the copy below run without a host sync
+        rc_4TB = rc_4TB.to(device, non_blocking=True)
+        b_idx = torch.arange(batch, device=device)
+
+    for t in range(NUM_STEPS):
+        if per_sample:
+            to_r, to_c, from_r, from_c = rc_4TB[:, t]
+            v_to = shifts_B33HW[b_idx, to_r, to_c]
+            v_from = shifts_B33HW[b_idx, from_r, from_c]
+        else:
+            p_from, p_to = pair_list[t]
+            (fr, fc), (tr, tc) = _position_rc(p_from), _position_rc(p_to)
+            v_to = vpad_BHW[:, tr : tr + height, tc : tc + width]
+            v_from = vpad_BHW[:, fr : fr + height, fc : fc + width]
+        torch.sub(v_to, v_from, out=dv_BHW)
+        torch.ge(dv_BHW, on_th_B11, out=events_TBCHW[t, :, 0])
+        torch.lt(dv_BHW, off_lt_B11, out=events_TBCHW[t, :, 1])
+    return events_TBCHW
+
+
+class I2E(nn.Module):
+    """I2E conversion as a module, with random displacement vectors in training.
+
+    In training (with ``random_vectors``) each timestep draws one pair of its
+    group uniformly, once per batch or per sample, from the module's own CPU
+    generator so that runs are reproducible and resumable without touching the
+    global RNG. In eval every timestep uses its group's first pair.
+    """
+
+    def __init__(
+        self,
+        ratio: float,
+        order: str | Sequence[int] = DEFAULT_ORDER,
+        random_vectors: bool = True,
+        per_sample: bool = False,
+        seed: int = 0,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.ratio = _check_ratio(ratio)
+        self.order = resolve_order(order)
+        self._order_label = _order_label(order)
+        _check_dtype(dtype)
+        self.random_vectors = bool(random_vectors)
+        self.per_sample = bool(per_sample)
+        self.seed = int(seed)
+        self.dtype = dtype
+        # A Generator is not a tensor, so it stays out of state_dict on purpose.
+        self._generator = torch.Generator(device="cpu")
+        self._generator.manual_seed(self.seed)
+        # Pairs of each timestep's group padded to a common length [8, L, 2];
+        # padding entries are never selected (index is taken modulo group size).
+        longest = max(len(g) for g in GROUPS)
+        table = [[GROUPS[g][i % len(GROUPS[g])] for i in range(longest)] for g in self.order]
+        self._choices_TL2 = torch.tensor(table, dtype=torch.long)
+        self._sizes_T = torch.tensor([len(GROUPS[g]) for g in self.order], dtype=torch.long)
+
+    def sample_pairs(self, batch_size: int) -> Tensor:
+        """Draw pairs on the CPU: ``[8, 2]`` per batch or ``[8, B, 2]`` per sample."""
+        if self.per_sample:
+            draw = torch.randint(0, _DRAW_RANGE, (NUM_STEPS, batch_size), generator=self._generator)
+            idx_TB = draw % self._sizes_T[:, None]
+            return self._choices_TL2[torch.arange(NUM_STEPS)[:, None], idx_TB]
+        draw = torch.randint(0, _DRAW_RANGE, (NUM_STEPS,), generator=self._generator)
+        idx_T = draw % self._sizes_T
+        return self._choices_TL2[torch.arange(NUM_STEPS), idx_T]
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Events ``[8, B, 2, H, W]`` on the images' device."""
+        # Validate before drawing so a rejected batch does not advance the RNG.
+        _check_images(images)
+        pairs = None
+        if self.training and self.random_vectors:
+            pairs = self.sample_pairs(images.shape[0])
+        return i2e_convert(images, self.ratio, self.order, pairs=pairs, dtype=self.dtype)
+
+    def manual_seed(self, seed: int) -> None:
+        """Reseed the pair generator (the trainer derives a seed per step for exact resume)."""
+        self._generator.manual_seed(int(seed))
+
+    def rng_state(self) -> Tensor:
+        """State of the pair generator, for exact resume."""
+        return self._generator.get_state()
+
+    def set_rng_state(self, state: Tensor) -> None:
+        """Restore a state returned by :meth:`rng_state`."""
+        self._generator.set_state(state)
+
+    def extra_repr(self) -> str:
+        return (
+            f"ratio={self.ratio}, order={self._order_label}, "
+            f"random_vectors={self.random_vectors}, per_sample={self.per_sample}, "
+            f"seed={self.seed}, dtype={self.dtype}"
+        )
+
+
+def event_rate(events: Tensor) -> float:
+    """Fraction of ones in an event tensor (any dtype with values in {0, 1})."""
+    if events.numel() == 0:
+        raise ValueError("event_rate of an empty tensor is undefined")
+    return events.count_nonzero().item() / events.numel()

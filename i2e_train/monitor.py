@@ -1,0 +1,83 @@
+"""Run logging: console/file logger, ``metrics.jsonl`` and TensorBoard. Only rank 0 writes files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+LOGGER_NAME = "i2e_train"
+log = logging.getLogger(LOGGER_NAME)
+
+
+def setup_logging(run_dir: Path | None, rank: int = 0, filename: str = "train.log") -> logging.Logger:
+    """INFO to stderr and ``run_dir/filename`` on rank 0; other ranks only report warnings."""
+    # timm warns that a 1-epoch cosine schedule is constant; that is expected in smoke runs.
+    logging.getLogger("timm").setLevel(logging.ERROR)
+    log.handlers.clear()
+    log.propagate = False
+    log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    fmt = logging.Formatter(
+        "[%(asctime)s] %(message)s" if rank == 0 else f"[rank {rank}] %(levelname)s %(message)s",
+        "%H:%M:%S",
+    )
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(fmt)
+    log.addHandler(console)
+    if rank == 0 and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(run_dir / filename)
+        file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+        log.addHandler(file_handler)
+    return log
+
+
+class MetricsWriter:
+    """Appends one JSON row per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.tb = None
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` (a resumed run rewrites them)."""
+        if not self.enabled or not self.path.exists():
+            return
+        rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [r for r in rows if r.get("epoch", 0) <= epoch]
+        if len(kept) != len(rows):
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            step = int(row["epoch"])
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, int | float) and math.isfinite(value):
+                    self.tb.add_scalar(_tb_tag(key), value, step)
+            self.tb.flush()
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.tb is not None:
+            self.tb.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tb_tag(key: str) -> str:
+    # train_loss -> train/loss, val_top1 -> val/top1; others stay at top level.
+    head, _, tail = key.partition("_")
+    return f"{head}/{tail}" if head in ("train", "val") and tail else key

@@ -1,0 +1,102 @@
+"""``i2e-train``: compose the config, build the objects, run the trainer.
+
+Single process: ``i2e-train experiment=cifar10_baseline2 dataset.root=/data/cifar10``.
+Many GPUs: ``torchrun --nproc_per_node=8 -m i2e_train.train experiment=imagenet_baseline2 ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from . import cli
+from .errors import UserError
+
+PROG = "i2e-train"
+
+
+@cli.guard(PROG)
+def run(cfg: DictConfig) -> None:
+    # Heavy imports here, so that a mistyped command line is answered at once.
+    import torch
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import CosineLRScheduler
+    from torch import nn
+
+    from . import builders, distributed
+    from .monitor import log, setup_logging
+    from .trainer import Trainer, TrainerOptions
+
+    seed = int(cfg.seed)
+    opts = builders.options(TrainerOptions, builders.section(cfg, "trainer"), "trainer")
+    try:
+        dist = distributed.init_distributed(opts.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    setup_logging(run_dir, dist.rank)
+    try:
+        torch.manual_seed(seed)
+        amp = builders.resolve_amp(opts.precision, dist.device)
+        data = builders.build_data(cfg)
+        model = builders.build_network(cfg, data.num_classes, dist.device, amp)
+        converter = builders.build_converter(cfg, data, seed, amp)
+        optim, sched = cfg.optim, cfg.sched
+        optimizer = create_optimizer_v2(
+            model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum
+        )
+        scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=opts.epochs,
+            lr_min=sched.lr_min,
+            warmup_t=sched.warmup_epochs,
+            warmup_lr_init=sched.lr_min,
+            t_in_epochs=True,
+        )
+        trainer = Trainer(
+            model=model,
+            converter=converter,
+            data=data,
+            optimizer=optimizer,
+            scheduler=scheduler,
+            criterion=nn.CrossEntropyLoss(label_smoothing=float(cfg.loss.label_smoothing)),
+            options=opts,
+            dist=dist,
+            amp=amp,
+            run_dir=run_dir,
+            seed=seed,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        trainer.restore(cfg.resume, cfg.init_from)
+        log.info(
+            "run %s: %s on %s (%d train / %d val, %d classes), %s, device %s%s, precision %s",
+            run_dir,
+            cfg.model.name,
+            cfg.dataset.name,
+            len(data.train),
+            len(data.val),
+            data.num_classes,
+            "stored events" if converter is None else f"I2E ratio {converter.ratio}",
+            dist.device,
+            f" x{dist.world_size}" if dist.distributed else "",
+            amp.dtype or "fp32",
+        )
+        trainer.fit()
+    finally:
+        distributed.cleanup()
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+def main() -> None:
+    cli.main(_hydra_main, "train", PROG)
+
+
+if __name__ == "__main__":
+    main()

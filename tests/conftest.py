@@ -1,0 +1,64 @@
+"""Shared test helpers: run the real console scripts in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> CliResult:
+    """Run ``python -m i2e_train.<module> ARGS`` the way a user would (fresh process)."""
+    full_env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+    }
+    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", f"i2e_train.{module}", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+# Settings that make a CLI training run take seconds on a CPU.
+SMOKE = (
+    "trainer.epochs=1",
+    "trainer.batch_size=8",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "trainer.progress=false",
+    "trainer.tensorboard=false",
+    "trainer.device=cpu",
+)
+
+
+@pytest.fixture
+def cli(tmp_path: Path):
+    def _run(module: str, *args: str, **kw) -> CliResult:
+        return run_cli(module, *args, cwd=tmp_path, **kw)
+
+    return _run

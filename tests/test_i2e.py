@@ -1,0 +1,575 @@
+"""Tests of the I2E conversion against an independent NumPy reference.
+
+The reference below re-types the spec tables on purpose instead of importing
+them, so that a typo in the module's tables makes these tests fail.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from skimage.transform import resize
+
+from i2e_train.i2e import (
+    I2E,
+    event_rate,
+    fixed_pairs,
+    i2e_convert,
+    resolve_order,
+)
+
+# --------------------------------------------------------------------------
+# Independent reference (spec re-typed)
+# --------------------------------------------------------------------------
+
+REF_GROUPS = [
+    [(5, 6), (1, 2), (2, 3), (4, 5), (7, 8), (8, 9)],
+    [(5, 2), (4, 1), (6, 3), (7, 4), (8, 5), (9, 6)],
+    [(5, 3), (4, 2), (7, 5), (8, 6)],
+    [(5, 1), (6, 2), (8, 4), (9, 5)],
+    [(9, 4), (6, 1)],
+    [(4, 3), (7, 6)],
+    [(3, 8), (2, 7)],
+    [(8, 1), (9, 2)],
+]
+REF_ORDERS = {
+    "alpha_beta_gamma": [0, 1, 2, 3, 4, 5, 6, 7],
+    "alpha_gamma_beta": [0, 1, 4, 5, 6, 7, 2, 3],
+    "beta_alpha_gamma": [2, 3, 0, 1, 4, 5, 6, 7],
+    "beta_gamma_alpha": [2, 3, 4, 5, 6, 7, 0, 1],
+    "gamma_alpha_beta": [4, 5, 6, 7, 0, 1, 2, 3],
+    "gamma_beta_alpha": [4, 5, 6, 7, 2, 3, 0, 1],
+}
+RATIOS = [0.0, 0.05, 0.07, 0.12, 0.3]
+
+
+def ref_fixed_pairs(order: str) -> list[tuple[int, int]]:
+    return [REF_GROUPS[g][0] for g in REF_ORDERS[order]]
+
+
+def ref_convert(images: np.ndarray, ratio: float, pairs) -> np.ndarray:
+    """Straightforward I2E: one image, one timestep at a time.
+
+    ``pairs``: 8 (from, to) pairs, or an array [8, B, 2] of per-sample pairs.
+    Returns bool [8, B, 2, H, W].
+    """
+    x = images.astype(np.float32)
+    if images.dtype == np.uint8:
+        x = x / np.float32(255)
+    pairs = np.asarray(pairs)
+    n, _, h, w = x.shape
+    out = np.zeros((8, n, 2, h, w), dtype=bool)
+    for b in range(n):
+        v = x[b].max(axis=0)
+        vmax, vmin = v.max(), v.min()
+        if vmax == vmin:
+            continue
+        th = np.float32(ratio) * np.float32(vmax - vmin)
+        assert th.dtype == np.float32
+        vp = np.pad(v, 1, mode="edge")
+        for t in range(8):
+            p_from, p_to = pairs[t, b] if pairs.ndim == 3 else pairs[t]
+            rf, cf = (p_from - 1) // 3, (p_from - 1) % 3
+            rt, ct = (p_to - 1) // 3, (p_to - 1) % 3
+            dv = vp[rt : rt + h, ct : ct + w] - vp[rf : rf + h, cf : cf + w]
+            assert dv.dtype == np.float32
+            out[t, b, 0] = (dv >= 0) & (dv >= th)
+            out[t, b, 1] = (dv < 0) & (-dv >= th)
+    return out
+
+
+def assert_events_equal(events: torch.Tensor, expected: np.ndarray) -> None:
+    got = events.cpu().bool().numpy()
+    assert got.shape == expected.shape
+    mismatches = int((got != expected).sum())
+    assert mismatches == 0, f"{mismatches} event(s) differ from the reference"
+
+
+# --------------------------------------------------------------------------
+# Real photographs
+# --------------------------------------------------------------------------
+
+SIZES = [(17, 23), (32, 32), (64, 48)]
+
+
+@functools.cache
+def _photos() -> tuple[np.ndarray, ...]:
+    return (skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket())
+
+
+@functools.cache
+def photo_batch(h: int, w: int) -> np.ndarray:
+    """uint8 [4, 3, h, w]: two downscaled photos and two native-resolution crops."""
+    astronaut, coffee, chelsea, rocket = _photos()
+    imgs = [
+        resize(astronaut, (h, w), anti_aliasing=True),
+        resize(coffee, (h, w), anti_aliasing=True),
+        chelsea[120 : 120 + h, 200 : 200 + w] / 255.0,
+        rocket[150 : 150 + h, 280 : 280 + w] / 255.0,
+    ]
+    batch = np.stack([np.round(im * 255).astype(np.uint8) for im in imgs])
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+@functools.cache
+def photo_batch_float(h: int, w: int) -> np.ndarray:
+    """float32 [4, 3, h, w] with values that are not multiples of 1/255."""
+    astronaut, coffee, chelsea, rocket = _photos()
+    imgs = [resize(p, (h, w), anti_aliasing=True) for p in (astronaut, coffee, chelsea, rocket)]
+    batch = np.stack(imgs).astype(np.float32)
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2))
+
+
+# --------------------------------------------------------------------------
+# Exactness against the reference
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", list(REF_ORDERS))
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_matches_reference_all_orders(order: str, ratio: float) -> None:
+    for h, w in SIZES:
+        x = photo_batch_float(h, w)
+        events = i2e_convert(torch.from_numpy(x), ratio, order=order)
+        expected = ref_convert(x, ratio, ref_fixed_pairs(order))
+        assert_events_equal(events, expected)
+        if ratio > 0:
+            # Guard against a vacuous comparison (e.g. both all-zero).
+            assert 0 < expected.mean() < 0.5
+
+
+@pytest.mark.parametrize("ratio", RATIOS)
+def test_uint8_matches_reference_and_float_division(ratio: float) -> None:
+    for h, w in [*SIZES, (1, 7), (5, 1)]:
+        x8 = photo_batch(h, w) if h > 1 and w > 1 else photo_batch(17, 23)[:, :, :h, :w]
+        x8_t = torch.from_numpy(x8)
+        events = i2e_convert(x8_t, ratio)
+        assert_events_equal(events, ref_convert(x8, ratio, ref_fixed_pairs("gamma_alpha_beta")))
+        assert torch.equal(events, i2e_convert(x8_t.float() / 255, ratio))
+
+
+@pytest.mark.parametrize("in_dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_other_float_inputs_are_computed_in_float32(in_dtype: torch.dtype) -> None:
+    x = torch.from_numpy(photo_batch_float(17, 23)).to(in_dtype)
+    events = i2e_convert(x, 0.07, order="alpha_beta_gamma")
+    x32 = x.float().numpy()  # exact for half types; the spec's rounding for float64
+    assert_events_equal(events, ref_convert(x32, 0.07, ref_fixed_pairs("alpha_beta_gamma")))
+
+
+def test_explicit_pairs_match_reference() -> None:
+    x = photo_batch(32, 32)
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        pairs = [tuple(int(p) for p in rng.choice(np.arange(1, 10), 2, replace=False)) for _ in range(8)]
+        expected = ref_convert(x, 0.12, pairs)
+        assert_events_equal(i2e_convert(torch.from_numpy(x), 0.12, pairs=pairs), expected)
+        # The same pairs as an [8, 2] tensor, and the order is ignored.
+        as_tensor = torch.tensor(pairs)
+        out = i2e_convert(torch.from_numpy(x), 0.12, order="beta_gamma_alpha", pairs=as_tensor)
+        assert_events_equal(out, expected)
+
+
+def test_per_sample_pairs_tensor_matches_reference() -> None:
+    x = photo_batch(17, 23)
+    gen = torch.Generator().manual_seed(5)
+    pairs_tb2 = torch.stack([torch.randperm(9, generator=gen)[:2] + 1 for _ in range(8 * 4)]).view(8, 4, 2)
+    events = i2e_convert(torch.from_numpy(x), 0.05, pairs=pairs_tb2)
+    assert_events_equal(events, ref_convert(x, 0.05, pairs_tb2.numpy()))
+
+
+def test_explicit_order_list() -> None:
+    x = photo_batch(17, 23)
+    order = [7, 7, 0, 3, 3, 1, 2, 5]
+    expected = ref_convert(x, 0.07, [REF_GROUPS[g][0] for g in order])
+    assert_events_equal(i2e_convert(torch.from_numpy(x), 0.07, order=order), expected)
+
+
+def test_signed_zero_inputs_match_reference() -> None:
+    x = np.zeros((1, 3, 4, 5), dtype=np.float32)
+    x[0, :, 1::2, ::2] = -0.0
+    x[0, :, 2, 3] = 0.5
+    for ratio in (0.0, 0.3):
+        for order in REF_ORDERS:
+            expected = ref_convert(x, ratio, ref_fixed_pairs(order))
+            assert_events_equal(i2e_convert(torch.from_numpy(x), ratio, order=order), expected)
+
+
+# --------------------------------------------------------------------------
+# Edge cases of the definition
+# --------------------------------------------------------------------------
+
+
+def test_flat_images_give_no_events() -> None:
+    flat = torch.full((2, 3, 9, 11), 0.4)
+    for ratio in (0.0, 0.1):
+        assert not i2e_convert(flat, ratio).any()
+    flat8 = torch.full((1, 3, 9, 11), 200, dtype=torch.uint8)
+    assert not i2e_convert(flat8, 0.0).any()
+    # V = max over channels is flat even though the channels differ.
+    rgb = torch.zeros(1, 3, 6, 6)
+    rgb[0, 0] = 0.7
+    rgb[0, 1, ::2] = 0.2
+    assert not i2e_convert(rgb, 0.0).any()
+
+
+def test_flat_image_inside_batch() -> None:
+    x = photo_batch(17, 23).copy()
+    x[1] = 77
+    x[3] = 0
+    for ratio in (0.0, 0.07):
+        events = i2e_convert(torch.from_numpy(x), ratio)
+        assert not events[:, 1].any()
+        assert not events[:, 3].any()
+        assert events[:, 0].any()
+        assert events[:, 2].any()
+        assert_events_equal(events, ref_convert(x, ratio, ref_fixed_pairs("gamma_alpha_beta")))
+
+
+def test_event_at_exact_threshold() -> None:
+    # One row, horizontal pair (5, 6): dV(x) = V(x + 1) - V(x); values are
+    # exact binary fractions so th = 0.25 * (1 - 0) = 0.25 exactly.
+    row = torch.tensor([0.5, 0.75, 0.5, 0.0, 1.0])
+    x = row.expand(1, 3, 1, 5).contiguous()
+    pairs = [(5, 6)] * 8
+    events = i2e_convert(x, 0.25, pairs=pairs)
+    # dV = [0.25, -0.25, -0.5, 1.0, 0.0]
+    assert events[0, 0, 0, 0].tolist() == [1, 0, 0, 1, 0]
+    assert events[0, 0, 1, 0].tolist() == [0, 1, 1, 0, 0]
+    assert_events_equal(events, ref_convert(x.numpy(), 0.25, pairs))
+    # Just above the threshold the events at |dV| == th disappear. The step must
+    # be a float32 one: the ratio is rounded to float32 first.
+    above = float(np.nextafter(np.float32(0.25), np.float32(1.0)))
+    assert i2e_convert(x, math.nextafter(0.25, 1.0), pairs=pairs)[0, 0, 0, 0, 0] == 1
+    events = i2e_convert(x, above, pairs=pairs)
+    assert events[0, 0, 0, 0].tolist() == [0, 0, 0, 1, 0]
+    assert events[0, 0, 1, 0].tolist() == [0, 0, 1, 0, 0]
+
+
+def test_threshold_is_a_float32_product() -> None:
+    # Events at |dV| == float32(ratio) * float32(range), where that float32
+    # product lies below both the exact product and the float64 one: any
+    # threshold computed in higher precision would drop these events.
+    r = np.float32(0.9)
+    found = 0
+    for ratio in (0.07, 0.12, 0.3, 0.7, 0.11, 0.13, 0.17, 0.19, 0.23):
+        th32 = np.float32(ratio) * r
+        if not (float(th32) < float(np.float32(ratio)) * float(r) and float(th32) < ratio * float(r)):
+            continue
+        found += 1
+        row = torch.tensor([0.0, float(th32), 0.0, float(r), float(r)])
+        x = row.expand(1, 3, 1, 5).contiguous()
+        events = i2e_convert(x, ratio, pairs=[(5, 6)] * 8)
+        # dV = [th32, -th32, r, 0, 0]
+        assert events[0, 0, 0, 0].tolist() == [1, 0, 1, 0, 0]
+        assert events[0, 0, 1, 0].tolist() == [0, 1, 0, 0, 0]
+        assert_events_equal(events, ref_convert(x.numpy(), ratio, [(5, 6)] * 8))
+    assert found > 0
+
+
+def test_zero_ratio_marks_every_pixel() -> None:
+    x = torch.from_numpy(photo_batch(17, 23))
+    events = i2e_convert(x, 0.0)
+    # With th = 0 each pixel is either ON (dV >= 0) or OFF (dV < 0), never both.
+    assert torch.equal(events.sum(dim=2), torch.ones(8, 4, 17, 23))
+
+
+# --------------------------------------------------------------------------
+# Output format
+# --------------------------------------------------------------------------
+
+
+def test_output_shape_dtype_device_values() -> None:
+    x = torch.from_numpy(photo_batch(17, 23))
+    events = i2e_convert(x, 0.07)
+    assert events.shape == (8, 4, 2, 17, 23)
+    assert events.dtype == torch.float32
+    assert events.device == x.device
+    assert set(events.unique().tolist()) == {0.0, 1.0}
+    assert event_rate(events) == pytest.approx(events.mean().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool])
+def test_output_dtypes_agree(dtype: torch.dtype) -> None:
+    x = torch.from_numpy(photo_batch(32, 32))
+    events = i2e_convert(x, 0.05, dtype=dtype)
+    assert events.dtype == dtype
+    assert set(events.unique().tolist()) <= {0, 1}
+    assert_events_equal(
+        events,
+        ref_convert(photo_batch(32, 32), 0.05, ref_fixed_pairs("gamma_alpha_beta")),
+    )
+    module = I2E(0.05, dtype=dtype).eval()
+    assert torch.equal(module(x), events)
+
+
+def test_empty_batch() -> None:
+    events = i2e_convert(torch.zeros(0, 3, 5, 7, dtype=torch.uint8), 0.1, dtype=torch.bool)
+    assert events.shape == (8, 0, 2, 5, 7)
+    assert events.dtype == torch.bool
+
+
+def test_event_rate() -> None:
+    assert event_rate(torch.tensor([1.0, 0.0, 0.0, 1.0])) == 0.5
+    assert event_rate(torch.tensor([[True, False, False, False]])) == 0.25
+    x = photo_batch(64, 48)
+    expected = ref_convert(x, 0.12, ref_fixed_pairs("gamma_alpha_beta")).mean()
+    rate = event_rate(i2e_convert(torch.from_numpy(x), 0.12, dtype=torch.bool))
+    assert rate == pytest.approx(float(expected), abs=1e-12)
+
+
+# --------------------------------------------------------------------------
+# Module: random vectors, generator, state
+# --------------------------------------------------------------------------
+
+
+def _group_of_step(order: str) -> list[set[tuple[int, int]]]:
+    return [set(REF_GROUPS[g]) for g in REF_ORDERS[order]]
+
+
+@pytest.mark.parametrize("order", ["gamma_alpha_beta", "beta_alpha_gamma"])
+def test_train_pairs_lie_in_groups_and_vary(order: str) -> None:
+    module = I2E(0.1, order=order, seed=3).train()
+    allowed = _group_of_step(order)
+    seen: list[set[tuple[int, int]]] = [set() for _ in range(8)]
+    draws = []
+    for _ in range(60):
+        pairs = module.sample_pairs(5)
+        assert pairs.shape == (8, 2)
+        assert pairs.dtype == torch.long
+        for t, (a, b) in enumerate(pairs.tolist()):
+            assert (a, b) in allowed[t]
+            seen[t].add((a, b))
+        draws.append(pairs)
+    assert any(not torch.equal(draws[0], d) for d in draws[1:])
+    # 60 draws reach every pair of every group (the seed makes this deterministic).
+    assert seen == allowed
+
+
+def test_per_sample_pairs_lie_in_groups_vary_and_are_uniform() -> None:
+    order = "alpha_gamma_beta"
+    module = I2E(0.1, order=order, per_sample=True, seed=11).train()
+    allowed = _group_of_step(order)
+    pairs = module.sample_pairs(1200)
+    assert pairs.shape == (8, 1200, 2)
+    for t in range(8):
+        column = [tuple(p) for p in pairs[t].tolist()]
+        assert set(column) == allowed[t]
+        expected = 1200 / len(allowed[t])
+        for pair in allowed[t]:
+            assert abs(column.count(pair) - expected) < 0.2 * expected
+    # Samples of one batch draw different pairs.
+    assert any(not torch.equal(pairs[:, 0], pairs[:, b]) for b in range(1, 1200))
+
+
+def test_eval_and_fixed_mode_use_fixed_pairs() -> None:
+    x = photo_batch(17, 23)
+    for order in ("gamma_alpha_beta", "alpha_beta_gamma"):
+        expected = ref_convert(x, 0.07, ref_fixed_pairs(order))
+        module = I2E(0.07, order=order, seed=0)
+        state = module.rng_state()
+        assert_events_equal(module.eval()(torch.from_numpy(x)), expected)
+        fixed = I2E(0.07, order=order, random_vectors=False).train()
+        assert_events_equal(fixed(torch.from_numpy(x)), expected)
+        # Neither draws from the generator.
+        assert torch.equal(module.rng_state(), state)
+
+
+def test_fixed_pairs_and_resolve_order() -> None:
+    for name, groups in REF_ORDERS.items():
+        assert list(resolve_order(name)) == groups
+        assert [tuple(p) for p in fixed_pairs(name)] == ref_fixed_pairs(name)
+    assert [tuple(p) for p in fixed_pairs()] == ref_fixed_pairs("gamma_alpha_beta")
+    assert list(resolve_order([3, 2, 1, 0, 7, 6, 5, 4])) == [3, 2, 1, 0, 7, 6, 5, 4]
+
+
+def test_same_seed_same_sequence_and_rng_restore() -> None:
+    a = I2E(0.1, seed=42, per_sample=True).train()
+    b = I2E(0.1, seed=42, per_sample=True).train()
+    c = I2E(0.1, seed=43, per_sample=True).train()
+    seq_a = [a.sample_pairs(6) for _ in range(5)]
+    seq_b = [b.sample_pairs(6) for _ in range(5)]
+    seq_c = [c.sample_pairs(6) for _ in range(5)]
+    assert all(torch.equal(p, q) for p, q in zip(seq_a, seq_b, strict=True))
+    assert not all(torch.equal(p, q) for p, q in zip(seq_a, seq_c, strict=True))
+
+    state = a.rng_state()
+    after = [a.sample_pairs(6) for _ in range(3)]
+    a.set_rng_state(state)
+    assert all(torch.equal(p, a.sample_pairs(6)) for p in after)
+
+    # manual_seed restarts the sequence of a freshly seeded module.
+    a.manual_seed(43)
+    assert all(torch.equal(p, a.sample_pairs(6)) for p in seq_c)
+
+    # A deep copy (e.g. an EMA model) carries the generator state along.
+    twin = copy.deepcopy(a)
+    assert torch.equal(twin.sample_pairs(6), a.sample_pairs(6))
+
+
+def test_generator_does_not_touch_global_rngs() -> None:
+    torch_state = torch.get_rng_state()
+    py_state = random.getstate()
+    module = I2E(0.1, per_sample=True).train()
+    module(torch.from_numpy(photo_batch(17, 23)))
+    assert torch.equal(torch.get_rng_state(), torch_state)
+    assert random.getstate() == py_state
+
+
+def test_train_output_equals_conversion_with_sampled_pairs() -> None:
+    x = torch.from_numpy(photo_batch(17, 23))
+    module = I2E(0.07, seed=7).train()
+    for _ in range(3):
+        state = module.rng_state()
+        events = module(x)
+        module.set_rng_state(state)
+        pairs = module.sample_pairs(x.shape[0])
+        assert torch.equal(events, i2e_convert(x, 0.07, pairs=pairs))
+        assert_events_equal(events, ref_convert(x.numpy(), 0.07, pairs.tolist()))
+
+
+def test_per_sample_output_equals_each_sample_alone() -> None:
+    x = torch.from_numpy(photo_batch(32, 32))
+    module = I2E(0.05, seed=9, per_sample=True).train()
+    state = module.rng_state()
+    events = module(x)
+    module.set_rng_state(state)
+    pairs_tb2 = module.sample_pairs(x.shape[0])
+    assert len({tuple(pairs_tb2[:, b].flatten().tolist()) for b in range(4)}) > 1
+    assert torch.equal(events, i2e_convert(x, 0.05, pairs=pairs_tb2))
+    for b in range(x.shape[0]):
+        alone = i2e_convert(x[b : b + 1], 0.05, pairs=pairs_tb2[:, b].tolist())
+        assert torch.equal(events[:, b : b + 1], alone)
+    assert_events_equal(events, ref_convert(x.numpy(), 0.05, pairs_tb2.numpy()))
+
+
+def test_module_has_no_state_and_repr() -> None:
+    module = I2E(0.07, order="beta_gamma_alpha", per_sample=True)
+    assert module.state_dict() == {}
+    assert list(module.parameters()) == []
+    assert list(module.buffers()) == []
+    module.load_state_dict({})
+    text = repr(module)
+    for part in (
+        "ratio=0.07",
+        "beta_gamma_alpha",
+        "random_vectors=True",
+        "per_sample=True",
+    ):
+        assert part in text
+
+
+# --------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape", [(3, 8, 8), (2, 1, 8, 8), (2, 4, 8, 8), (1, 2, 3, 8, 8), (1, 3, 0, 8), (1, 3, 8, 0)]
+)
+def test_bad_image_shape(shape: tuple[int, ...]) -> None:
+    with pytest.raises(ValueError, match=r"\[B,3,H,W\]") as info:
+        i2e_convert(torch.zeros(shape), 0.1)
+    assert str(list(shape)) in str(info.value)
+    with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
+        I2E(0.1)(torch.zeros(shape))
+
+
+def test_bad_image_dtype() -> None:
+    with pytest.raises(ValueError, match="int32"):
+        i2e_convert(torch.zeros(1, 3, 4, 4, dtype=torch.int32), 0.1)
+
+
+@pytest.mark.parametrize("ratio", [-0.1, float("nan"), float("inf"), "0.1", None, True])
+def test_bad_ratio(ratio: object) -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        i2e_convert(torch.zeros(1, 3, 4, 4), ratio)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="ratio"):
+        I2E(ratio)  # type: ignore[arg-type]
+
+
+def test_bad_order() -> None:
+    with pytest.raises(ValueError, match="gamma_alfa_beta") as info:
+        resolve_order("gamma_alfa_beta")
+    assert "gamma_alpha_beta" in str(info.value)
+    assert "\n" not in str(info.value)
+    for bad in ([0, 1, 2], [0, 1, 2, 3, 4, 5, 6, 8], [0, 1, 2, 3, 4, 5, 6, -1], 5):
+        with pytest.raises(ValueError, match="order"):
+            resolve_order(bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="nope"):
+        I2E(0.1, order="nope")
+    with pytest.raises(ValueError, match="nope"):
+        i2e_convert(torch.zeros(1, 3, 4, 4), 0.1, order="nope")
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        [(5, 6)] * 7,
+        [(5, 6)] * 9,
+        [(0, 5)] + [(5, 6)] * 7,
+        [(5, 10)] + [(5, 6)] * 7,
+        [(5, 5)] + [(5, 6)] * 7,
+        [(5, 6, 7)] + [(5, 6)] * 7,
+        "abcdefgh",
+    ],
+)
+def test_bad_pairs(pairs: object) -> None:
+    with pytest.raises(ValueError, match="pairs"):
+        i2e_convert(torch.zeros(1, 3, 4, 4), 0.1, pairs=pairs)  # type: ignore[arg-type]
+
+
+def test_bad_per_sample_pairs_tensor() -> None:
+    x = torch.zeros(2, 3, 4, 4)
+    good = torch.tensor([[[5, 6], [4, 5]]] * 8)
+    i2e_convert(x, 0.1, pairs=good)
+    with pytest.raises(ValueError, match="pairs"):
+        i2e_convert(x, 0.1, pairs=good[:, :1])  # batch size mismatch
+    with pytest.raises(ValueError, match="pairs"):
+        i2e_convert(x, 0.1, pairs=good.float())
+    bad = good.clone()
+    bad[3, 1, 0] = 0
+    with pytest.raises(ValueError, match="pairs"):
+        i2e_convert(x, 0.1, pairs=bad)
+
+
+def test_bad_output_dtype() -> None:
+    with pytest.raises(ValueError, match="dtype"):
+        i2e_convert(torch.zeros(1, 3, 4, 4), 0.1, dtype=torch.int64)
+    with pytest.raises(ValueError, match="dtype"):
+        I2E(0.1, dtype=torch.int64)
+
+
+def test_event_rate_empty() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        event_rate(torch.zeros(0))
+
+
+# --------------------------------------------------------------------------
+# CUDA (runs only where a GPU is present)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_reference() -> None:
+    x8 = photo_batch(64, 48)
+    xf = photo_batch_float(64, 48)
+    for order in REF_ORDERS:
+        for ratio in RATIOS:
+            events = i2e_convert(torch.from_numpy(xf).cuda(), ratio, order=order)
+            assert events.device.type == "cuda"
+            assert_events_equal(events, ref_convert(xf, ratio, ref_fixed_pairs(order)))
+            events8 = i2e_convert(torch.from_numpy(x8).cuda(), ratio, order=order)
+            assert_events_equal(events8, ref_convert(x8, ratio, ref_fixed_pairs(order)))
+    module = I2E(0.07, per_sample=True, seed=1).train()
+    state = module.rng_state()
+    events = module(torch.from_numpy(x8).cuda())
+    module.set_rng_state(state)
+    pairs = module.sample_pairs(4)
+    assert_events_equal(events, ref_convert(x8, 0.07, pairs.numpy()))

@@ -1,0 +1,109 @@
+"""MS-ResNet: shapes, parameter counts and names of the paper's released models, LIF settings."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional, neuron, surrogate
+
+from i2e_train.models import build_model, count_parameters, neuron_input_fp32
+
+
+@pytest.mark.parametrize(
+    ("name", "classes", "expected"),
+    [("ms_resnet18", 10, 11_178_506), ("ms_resnet18", 1000, 11_686_376), ("ms_resnet34", 1000, 21_794_536)],
+)
+def test_parameter_counts_match_paper(name, classes, expected):
+    assert count_parameters(build_model(name, classes)) == expected
+
+
+def test_parameter_names_match_released_checkpoints():
+    keys = set(build_model("ms_resnet18", 10).state_dict())
+    for key in ["conv1.weight", "bn1.weight", "bn1.running_mean", "fc.weight", "fc.bias"]:
+        assert key in keys
+    for stage in (1, 2, 3, 4):
+        for part in ("conv1.weight", "bn1.bias", "conv2.weight", "bn2.running_var"):
+            assert f"layer{stage}.1.{part}" in keys
+    for stage in (2, 3, 4):
+        assert f"layer{stage}.0.downsample.1.weight" in keys  # conv
+        assert f"layer{stage}.0.downsample.2.weight" in keys  # BN
+        assert not any(k.startswith(f"layer{stage}.0.downsample.0.") for k in keys)  # index 0: LIF
+    assert "layer1.0.downsample.1.weight" not in keys
+    assert not any("i2e" in k for k in keys)
+
+
+def test_forward_shapes_and_time_mean():
+    torch.manual_seed(0)
+    model = build_model("ms_resnet18", 7).eval()
+    events = (torch.rand(8, 3, 2, 32, 32) > 0.8).float()
+    with torch.no_grad():
+        logits = model(events)
+        functional.reset_net(model)
+        per_t = model.fc(model.forward_features(events))
+        functional.reset_net(model)
+    assert logits.shape == (3, 7)
+    assert per_t.shape == (8, 3, 7)
+    torch.testing.assert_close(logits, per_t.mean(0))
+
+
+def test_neurons_are_the_papers_lif():
+    model = build_model("ms_resnet18", 10)
+    lifs = [m for m in model.modules() if isinstance(m, neuron.LIFNode)]
+    # 2 per block (8 blocks), 3 downsample, 1 head
+    assert len(lifs) == 8 * 2 + 3 + 1
+    for m in lifs:
+        assert m.tau == 2.0 and m.v_threshold == 1.0 and m.v_reset == 0.0
+        assert m.detach_reset is True and m.decay_input is False
+        assert isinstance(m.surrogate_function, surrogate.ATan)
+        assert m.step_mode == "m"
+
+
+def test_reset_net_clears_state_between_batches():
+    torch.manual_seed(0)
+    model = build_model("ms_resnet18", 10).eval()
+    events = (torch.rand(8, 2, 2, 32, 32) > 0.7).float()
+    with torch.no_grad():
+        first = model(events)
+        functional.reset_net(model)
+        again = model(events)
+        functional.reset_net(model)
+        stale = model(events)
+        stale_again = model(events)  # no reset: the membrane carries over
+    torch.testing.assert_close(first, again)
+    torch.testing.assert_close(first, stale)
+    assert not torch.equal(stale, stale_again)
+
+
+def test_backward_reaches_every_parameter():
+    torch.manual_seed(0)
+    model = build_model("ms_resnet18", 10)
+    events = (torch.rand(8, 4, 2, 32, 32) > 0.7).float()
+    model(events).sum().backward()
+    functional.reset_net(model)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+def test_neuron_input_fp32_keeps_state_fp32_under_autocast():
+    torch.manual_seed(0)
+    model = build_model("ms_resnet18", 10)
+    neuron_input_fp32(model)
+    events = (torch.rand(8, 2, 2, 32, 32) > 0.7).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(events)
+    states = [m.v for m in model.modules() if isinstance(m, neuron.LIFNode)]
+    assert all(isinstance(v, torch.Tensor) and v.dtype == torch.float32 for v in states)
+
+
+def test_unknown_model_and_bad_class_count():
+    with pytest.raises(ValueError, match="unknown model 'resnet50'.*ms_resnet18"):
+        build_model("resnet50", 10)
+    with pytest.raises(ValueError, match="num_classes"):
+        build_model("ms_resnet18", 0)
+
+
+def test_reset_classifier():
+    model = build_model("ms_resnet18", 1000)
+    model.reset_classifier(10)
+    assert model.fc.out_features == 10
+    assert count_parameters(model) == 11_178_506

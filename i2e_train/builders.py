@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .data import DataBundle, build_datasets
+from .distributed import convert_sync_batchnorm
 from .engine import AmpSettings
 from .errors import UserError
 from .i2e import I2E
@@ -95,12 +96,16 @@ def build_data(cfg: DictConfig) -> DataBundle:
     return bundle
 
 
-def build_network(cfg: DictConfig, num_classes: int, device: torch.device, amp: AmpSettings) -> nn.Module:
+def build_network(
+    cfg: DictConfig, num_classes: int, device: torch.device, amp: AmpSettings, sync_batchnorm: bool = False
+) -> nn.Module:
     name = OmegaConf.select(cfg, "model.name")
     try:
         model = build_model(str(name), num_classes)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if sync_batchnorm:
+        model = convert_sync_batchnorm(model)
     model.to(device)
     if amp.dtype is not None:
         neuron_input_fp32(model)

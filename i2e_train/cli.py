@@ -119,6 +119,8 @@ def guard(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictCo
             try:
                 return task(cfg)
             except UserError as e:
+                if int(os.environ.get("RANK", "0")) != 0:
+                    sys.exit(2)  # rank 0 reports it; N copies of one line help nobody
                 fail(prog, str(e))
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)

@@ -111,18 +111,35 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_max(t).item() > 0)
 
 
-def wrap_model(model: nn.Module, info: DistInfo, sync_batchnorm: bool = False) -> nn.Module:
+def all_ranks_true(flag: bool, device: torch.device) -> bool:
+    """True on every rank if ``flag`` is true on all ranks (no communication in a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    return not any_rank(not flag, device)
+
+
+def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:
     """DistributedDataParallel when there are several ranks; the model itself otherwise."""
     if not info.distributed:
         return model
-    if sync_batchnorm:
-        model = convert_sync_batchnorm(model)
     device_ids = [info.device.index] if info.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Give every rank rank ``src``'s buffers (BatchNorm running statistics).
+
+    DDP syncs buffers only at the start of a training forward, so after the last step each rank
+    holds slightly different statistics; evaluation must use the ones the checkpoint stores.
+    """
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for buf in model.buffers():
+            dist.broadcast(buf, src=src)
+
+
 def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Swap every BatchNorm2d (also SpikingJelly's multi-step one) for a SyncBatchNorm that folds T into B."""
+    """Swap every BatchNorm2d (also SpikingJelly's multi-step one) for a SyncBatchNorm that folds T
+    into B. Call before creating the optimizer: the parameters are new objects."""
     from .models.sync_bn import convert_sync_batchnorm as convert
 
     return convert(model)

@@ -26,7 +26,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss became NaN/Inf; carries where it happened."""
 
     def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(f"non-finite loss ({value}) at epoch {epoch}, step {step}")
+        where = f"{value}" if not math.isfinite(value) else "on another process"
+        super().__init__(f"non-finite loss ({where}) at epoch {epoch}, step {step}")
         self.epoch, self.step, self.value = epoch, step, value
 
 
@@ -99,7 +100,8 @@ def train_step(
             logits = model(events)
         loss = criterion(logits.float(), targets)
         loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        # Every rank must take the same branch, or DDP's gradient all-reduce would hang.
+        if not distributed.all_ranks_true(math.isfinite(loss_value), logits.device):
             # Gradients of a NaN/Inf loss would poison the weights: never step on it.
             optimizer.zero_grad(set_to_none=True)
             return StepResult(loss_value, 0, labels.shape[0], finite=False)

@@ -36,13 +36,17 @@ def run(cfg: DictConfig) -> None:
         dist = distributed.init_distributed(opts.device)
     except ValueError as e:
         raise UserError(str(e)) from None
+    if opts.sync_batchnorm and dist.distributed and dist.device.type != "cuda":
+        raise UserError("trainer.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); set it false")
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(run_dir, dist.rank)
     try:
         torch.manual_seed(seed)
         amp = builders.resolve_amp(opts.precision, dist.device)
         data = builders.build_data(cfg)
-        model = builders.build_network(cfg, data.num_classes, dist.device, amp)
+        model = builders.build_network(
+            cfg, data.num_classes, dist.device, amp, sync_batchnorm=opts.sync_batchnorm and dist.distributed
+        )
         converter = builders.build_converter(cfg, data, seed, amp)
         optim, sched = cfg.optim, cfg.sched
         optimizer = create_optimizer_v2(

@@ -7,6 +7,7 @@ everything needed to continue a run exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -115,6 +116,11 @@ class Trainer:
         events_transform: engine.EventsTransform | None = None,
         callbacks: list[Callback] | None = None,
     ) -> None:
+        if options.batch_size % dist.world_size:
+            raise UserError(
+                f"trainer.batch_size={options.batch_size} (global) is not divisible by the "
+                f"{dist.world_size} processes; choose a multiple of {dist.world_size}"
+            )
         self.model = model
         self.batch_transform = batch_transform
         self.events_transform = events_transform
@@ -132,7 +138,7 @@ class Trainer:
         self.config = config or {}
         self.device = dist.device
         self.scaler = torch.amp.GradScaler(self.device.type) if amp.dtype == torch.float16 else None
-        self.train_model = distributed.wrap_model(model, dist, options.sync_batchnorm)
+        self.train_model = distributed.wrap_model(model, dist)
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsWriter(run_dir, enabled=dist.is_main, tensorboard=options.tensorboard)
         self.start_epoch = 0  # completed epochs
@@ -142,11 +148,6 @@ class Trainer:
         self.global_step = 0
         self.stop = StopRequested()
 
-        if options.batch_size % dist.world_size:
-            raise UserError(
-                f"trainer.batch_size={options.batch_size} (global) is not divisible by the "
-                f"{dist.world_size} processes; choose a multiple of {dist.world_size}"
-            )
         self.per_rank_batch = options.batch_size // dist.world_size
         self.train_sampler = EpochSampler(
             len(data.train), shuffle=True, seed=seed, rank=dist.rank, world_size=dist.world_size
@@ -170,6 +171,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
             prefetch_factor=4 if workers > 0 else None,
+            worker_init_fn=_ignore_stop_signals if workers > 0 else None,
         )
 
     # ------------------------------------------------------------------ state
@@ -194,12 +196,14 @@ class Trainer:
         }
 
     def load_state_dict(self, ckpt: dict[str, Any], path: Path) -> None:
+        checkpoint.extract_state_dict(ckpt, path)  # not a model checkpoint at all: say so first
         if ckpt.get("format") != checkpoint.FORMAT or "optimizer" not in ckpt:
             raise CheckpointError(
                 f"'{path}' is not an i2e-train training checkpoint (no optimizer state); "
                 "use init_from= to start from its weights"
             )
         checkpoint.load_weights(self.model, path)
+        configured = self.scheduler.state_dict()
         try:
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -208,12 +212,22 @@ class Trainer:
                 f"'{path}' was written for a different optimizer/model setup ({e}); "
                 "resume needs the same model and optim settings"
             ) from None
+        changed = sorted(k for k, v in configured.items() if ckpt["scheduler"].get(k) != v)
+        if changed:
+            # The schedule is a function of the config (epochs, lr, lr_min): the config wins.
+            log.warning(
+                "the schedule settings changed since the checkpoint (%s); continuing with the new ones",
+                ", ".join(changed),
+            )
+            self.scheduler.load_state_dict(configured)
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.start_epoch = int(ckpt["epoch"])
         self.start_step = int(ckpt.get("step") or 0)
         self.global_step = int(ckpt.get("global_step") or 0)
-        self.partial = engine.EpochStats(**ckpt["partial_epoch"]) if ckpt.get("partial_epoch") else None
+        self.partial = (
+            engine.EpochStats(**ckpt["partial_epoch"]) if ckpt.get("partial_epoch") and self.dist.is_main else None
+        )
         self.best_acc1 = float(ckpt.get("best_acc1") or 0.0)
         if ckpt.get("world_size", self.dist.world_size) != self.dist.world_size and self.start_step:
             raise CheckpointError(
@@ -225,6 +239,13 @@ class Trainer:
 
     def restore(self, resume: str | None, init_from: str | None) -> None:
         """Apply ``resume`` (auto|PATH) or ``init_from`` (weights only, head replaced if needed)."""
+        if not resume and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            # torchrun --max-restarts relaunched us after a failure: continue, don't start over.
+            log.info(
+                "torchrun restart %s: resuming from the last checkpoint",
+                os.environ["TORCHELASTIC_RESTART_COUNT"],
+            )
+            resume = "auto"
         if resume:
             path = self.ckpt_dir / "last.pt" if resume == "auto" else Path(resume)
             if resume == "auto" and not path.exists():
@@ -243,6 +264,10 @@ class Trainer:
     def save(
         self, epoch: int, step: int = 0, partial: engine.EpochStats | None = None, best: bool = False
     ) -> None:
+        if partial is not None:
+            # Mid-epoch: store the totals of all ranks (collective, so every rank calls save);
+            # on resume rank 0 carries them and the other ranks start from zero.
+            partial = partial.reduce(self.device)
         if not self.dist.is_main:
             return
         state = self.state_dict(epoch, step, partial)
@@ -276,8 +301,13 @@ class Trainer:
         return last_row
 
     def _stop_now(self) -> bool:
+        """Whether any rank received a stop signal; every rank gets the same answer."""
         flag = bool(self.stop)
-        return distributed.any_rank(flag, self.device) if self.dist.distributed else flag
+        if self.dist.distributed:
+            flag = distributed.any_rank(flag, self.device)
+        if flag and not self.stop:
+            self.stop.signal_name = "a stop signal (on another rank)"
+        return flag
 
     def _steps_per_epoch(self) -> int:
         steps = len(self.train_loader) + self.train_sampler.start // self.per_rank_batch
@@ -359,14 +389,16 @@ class Trainer:
             ) from None
         finally:
             bar.close()
-        if self.stop and stats.steps < total:
+        if stats.steps < total and self._stop_now():
             self.save(epoch, stats.steps, stats)
             self._log_stop(f"epoch {epoch + 1} step {stats.steps}")
             return None
         train_seconds = time.perf_counter() - t0
         train = stats.reduce(self.device)
+        # Ranks evaluate unequal shares: no DDP collectives inside evaluation.
+        distributed.broadcast_buffers(self.model)
         val = engine.evaluate(
-            self.train_model,
+            self.model,
             self.val_loader,
             num_classes=self.data.num_classes,
             device=self.device,
@@ -412,7 +444,7 @@ class Trainer:
             val.samples,
             row["epoch_seconds"],
         )
-        if self.stop:
+        if self._stop_now():
             self._log_stop(f"the end of epoch {epoch + 1}")
             return None
         return row
@@ -424,6 +456,13 @@ class Trainer:
             where,
             self.ckpt_dir / "last.pt",
         )
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    # SIGTERM/SIGUSR1 go to the whole process group; the main process finishes the step and
+    # checkpoints, so workers must not die first (that would be a DataLoader error, not a stop).
+    for sig in StopRequested.SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _take(iterable: Any, n: int) -> Any:

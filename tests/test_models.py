@@ -107,3 +107,23 @@ def test_reset_classifier():
     model.reset_classifier(10)
     assert model.fc.out_features == 10
     assert count_parameters(model) == 11_178_506
+
+
+def test_sync_batchnorm_conversion_keeps_names_state_and_outputs():
+    from i2e_train.models.sync_bn import SeqSyncBatchNorm, convert_sync_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model("ms_resnet18", 10)
+    events = (torch.rand(8, 2, 2, 32, 32) > 0.7).float()
+    with torch.no_grad():
+        model.train()
+        ref = model(events)
+        functional.reset_net(model)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = convert_sync_batchnorm(build_model("ms_resnet18", 10))
+    converted.load_state_dict(state)
+    assert sum(isinstance(m, SeqSyncBatchNorm) for m in converted.modules()) == 20
+    assert list(converted.state_dict()) == list(state)
+    with torch.no_grad():
+        out = converted.train()(events)  # single process: same statistics over T*B*H*W
+    torch.testing.assert_close(out, ref)

@@ -49,6 +49,8 @@ def unpack_events(data: bytes | memoryview) -> Tensor:
     count = math.prod(shape)
     bits = payload[_HEADER_BYTES:]
     if bits.size != (count + 7) // 8:
-        raise ValueError(f"corrupt I2E event record: shape {shape} needs {(count + 7) // 8} bytes, found {bits.size}")
+        raise ValueError(
+            f"corrupt I2E event record: shape {shape} needs {(count + 7) // 8} bytes, found {bits.size}"
+        )
     events = np.unpackbits(bits, count=count, bitorder="big").astype(np.bool_)
     return torch.from_numpy(events.reshape(shape))

@@ -263,3 +263,15 @@ def test_corrupt_checkpoints_get_one_line(tmp_path):
         assert res.returncode != 0 and "Traceback" not in res.output, res.output
         lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
         assert len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_torchrun_restart_resumes_without_being_asked(tmp_path):
+    from conftest import SMOKE
+
+    first = run_cli("train", "run_dir=run", *SMOKE, cwd=tmp_path)
+    assert first.returncode == 0, first.output
+    again = run_cli("train", "run_dir=run", *SMOKE, cwd=tmp_path, env={"TORCHELASTIC_RESTART_COUNT": "1"})
+    assert again.returncode == 0, again.output
+    assert "torchrun restart 1: resuming" in again.stderr and "nothing to do" in again.stderr
+    fresh = run_cli("train", "run_dir=run", *SMOKE, "resume=auto", cwd=tmp_path / "run" / "checkpoints")
+    assert "no checkpoint in" in fresh.stderr  # resume=auto in an empty run_dir starts a new run

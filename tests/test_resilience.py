@@ -49,6 +49,12 @@ def _train_cmd(*args: str, nproc: int = 1) -> list[str]:
     ]
 
 
+def _train(*args: str, cwd: Path, nproc: int = 1) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        _train_cmd(*args, nproc=nproc), cwd=cwd, env=_env(), capture_output=True, text=True, timeout=600
+    )
+
+
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while not predicate():
@@ -115,14 +121,7 @@ def _interrupted_then_resumed(tmp_path: Path, how: str, nproc: int) -> Path:
             assert out.count("Traceback") <= 1 and "i2e_train" not in out.partition("Traceback")[2], out
     stopped_at = _ckpt_at(last)
     assert stopped_at is not None and stopped_at < (2, 0), stopped_at
-    res = subprocess.run(
-        _train_cmd(f"run_dir={run}", *RUN, "resume=auto", nproc=nproc),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = _train(f"run_dir={run}", *RUN, "resume=auto", cwd=tmp_path, nproc=nproc)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "resumed from" in res.stderr
     return run
@@ -132,14 +131,7 @@ def _interrupted_then_resumed(tmp_path: Path, how: str, nproc: int) -> Path:
 @pytest.mark.parametrize("how", ["SIGTERM", "SIGUSR1", "SIGKILL"])
 def test_resume_is_bitwise_exact_single_process(tmp_path, how):
     straight = tmp_path / "straight"
-    res = subprocess.run(
-        _train_cmd(f"run_dir={straight}", *RUN),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = _train(f"run_dir={straight}", *RUN, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     _assert_same_final_state(straight, _interrupted_then_resumed(tmp_path, how, nproc=1))
 
@@ -147,14 +139,7 @@ def test_resume_is_bitwise_exact_single_process(tmp_path, how):
 @pytest.mark.slow
 def test_ddp_two_processes_exact_resume_and_one_run_dir(tmp_path):
     straight = tmp_path / "straight"
-    res = subprocess.run(
-        _train_cmd(f"run_dir={straight}", *RUN, nproc=2),
-        cwd=tmp_path,
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = _train(f"run_dir={straight}", *RUN, cwd=tmp_path, nproc=2)
     assert res.returncode == 0, res.stdout + res.stderr
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]  # rank 0 alone writes
@@ -172,9 +157,7 @@ def test_ddp_default_run_dir_is_shared_and_eval_counts_all_360(tmp_path):
         "trainer.progress=false",
         "trainer.device=cpu",
     )
-    res = subprocess.run(
-        _train_cmd(*args, nproc=2), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600
-    )
+    res = _train(*args, cwd=tmp_path, nproc=2)
     assert res.returncode == 0, res.stdout + res.stderr
     runs = list((tmp_path / "runs" / "digits").iterdir())
     assert len(runs) == 1, runs  # not one folder per rank

@@ -37,7 +37,9 @@ def run(cfg: DictConfig) -> None:
     except ValueError as e:
         raise UserError(str(e)) from None
     if opts.sync_batchnorm and dist.distributed and dist.device.type != "cuda":
-        raise UserError("trainer.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); set it false")
+        raise UserError(
+            "trainer.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); set it false"
+        )
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     setup_logging(run_dir, dist.rank)
     try:

@@ -226,7 +226,9 @@ class Trainer:
         self.start_step = int(ckpt.get("step") or 0)
         self.global_step = int(ckpt.get("global_step") or 0)
         self.partial = (
-            engine.EpochStats(**ckpt["partial_epoch"]) if ckpt.get("partial_epoch") and self.dist.is_main else None
+            engine.EpochStats(**ckpt["partial_epoch"])
+            if ckpt.get("partial_epoch") and self.dist.is_main
+            else None
         )
         self.best_acc1 = float(ckpt.get("best_acc1") or 0.0)
         if ckpt.get("world_size", self.dist.world_size) != self.dist.world_size and self.start_step:

@@ -35,9 +35,10 @@ def options(cls: type[T], values: dict[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else key  # an empty prefix: top-level keys
         if key not in fields:
-            raise UserError(f"unknown config key '{prefix}.{key}'; valid keys: {', '.join(fields)}")
-        kwargs[key] = _coerce(value, hints[key], f"{prefix}.{key}")
+            raise UserError(f"unknown config key '{name}'; valid keys: {', '.join(fields)}")
+        kwargs[key] = _coerce(value, hints[key], name)
     return cls(**kwargs)
 
 

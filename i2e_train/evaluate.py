@@ -60,6 +60,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     from . import builders, checkpoint, distributed, engine
     from .data.sampler import EpochSampler, SeededDataset
+    from .report import SpikeActivity
+    from .report import summary_lines as spiking_summary
     from .trainer import TrainerOptions
 
     ckpt_path = Path(cfg.checkpoint)
@@ -99,15 +101,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             num_workers=opts.num_workers,
             pin_memory=dist.device.type == "cuda",
         )
-        result = engine.evaluate(
-            model,
-            loader,
-            num_classes=data.num_classes,
-            device=dist.device,
-            converter=converter,
-            amp=amp,
-            limit_batches=opts.limit_val_batches,
-        )
+        with SpikeActivity(model) as activity:
+            result = engine.evaluate(
+                model,
+                loader,
+                num_classes=data.num_classes,
+                device=dist.device,
+                converter=converter,
+                amp=amp,
+                limit_batches=opts.limit_val_batches,
+            )
+        spiking = activity.report()  # a collective: all ranks
         report = {
             "checkpoint": str(ckpt_path),
             "epoch": ckpt.get("epoch"),
@@ -120,11 +124,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "per_class_accuracy": dict(zip(_class_names(data), result.per_class_accuracy, strict=True)),
             "per_class_samples": dict(zip(_class_names(data), result.per_class_total, strict=True)),
             "world_size": dist.world_size,
+            **spiking.to_json(),
         }
         if dist.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-            _print_summary(report, out_dir)
+            _write_report_files(out_dir, result.confusion, _class_names(data), spiking, report)
+            _print_summary(report, out_dir, spiking_summary(spiking))
         return report
     finally:
         distributed.cleanup()
@@ -134,7 +140,20 @@ def _class_names(data: Any) -> list[str]:
     return list(data.class_names) if data.class_names else [str(i) for i in range(data.num_classes)]
 
 
-def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
+def _write_report_files(
+    out_dir: Path, confusion: list[list[int]], names: list[str], spiking: Any, report: dict[str, Any]
+) -> None:
+    from . import report as files
+
+    files.write_confusion_csv(out_dir / "confusion_matrix.csv", confusion, names)
+    title = (
+        f"{report['model']} on {report['dataset']}: top-1 {report['top1']:.2f}% ({report['samples']} samples)"
+    )
+    files.write_confusion_png(out_dir / "confusion_matrix.png", confusion, names, title)
+    files.write_activity_csvs(out_dir, spiking)
+
+
+def _print_summary(report: dict[str, Any], out_dir: Path, extra: list[str] | None = None) -> None:
     from .monitor import log
 
     log.info(
@@ -154,7 +173,12 @@ def _print_summary(report: dict[str, Any], out_dir: Path) -> None:
         ranked = sorted(per_class, key=lambda kv: kv[1])
         log.info("lowest per-class top-1: %s", "  ".join(f"{k}: {v:.1f}%" for k, v in ranked[:5]))
         log.info("highest per-class top-1: %s", "  ".join(f"{k}: {v:.1f}%" for k, v in ranked[-5:]))
-    log.info("wrote %s", out_dir / "eval.json")
+    for line in extra or []:
+        log.info("%s", line)
+    log.info(
+        "wrote %s and confusion_matrix.csv/.png, firing_rates.csv, synaptic_ops.csv there",
+        out_dir / "eval.json",
+    )
 
 
 @hydra.main(config_path="configs", config_name="eval", version_base="1.3")

@@ -27,6 +27,7 @@ def run(cfg: DictConfig) -> None:
     from torch import nn
 
     from . import builders, distributed
+    from .callbacks import default_callbacks
     from .monitor import log, setup_logging
     from .trainer import Trainer, TrainerOptions
 
@@ -75,6 +76,7 @@ def run(cfg: DictConfig) -> None:
             run_dir=run_dir,
             seed=seed,
             config=OmegaConf.to_container(cfg, resolve=True),
+            callbacks=default_callbacks(opts.preview_samples, opts.firing_rate_batches),
         )
         trainer.restore(cfg.resume, cfg.init_from)
         log.info(

@@ -45,6 +45,8 @@ class TrainerOptions:
     checkpoint_every_steps: int = 0
     skip_nonfinite: bool = False
     sync_batchnorm: bool = False
+    preview_samples: int = 8
+    firing_rate_batches: int = 2
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -56,6 +58,9 @@ class TrainerOptions:
                 raise UserError(f"trainer.{key} must be null or >= 1, got {value}")
         if self.num_workers < 0:
             raise UserError(f"trainer.num_workers must be >= 0, got {self.num_workers}")
+        for key in ("preview_samples", "firing_rate_batches"):
+            if getattr(self, key) < 0:
+                raise UserError(f"trainer.{key} must be >= 0, got {getattr(self, key)}")
 
 
 class StopRequested:

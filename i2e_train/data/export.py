@@ -1,0 +1,632 @@
+"""Pre-converted I2E datasets: write any image dataset as event shards (the engine of ``i2e-convert``).
+
+Every dataset of the registry works. Each image is resized to ``image_size`` x ``image_size`` with
+bicubic interpolation (PIL's, as the published I2E datasets) — an image already at that size is not
+resampled — and converted with the fixed displacement pairs (evaluation mode), batched on the GPU
+when there is one. The datasets' own training/validation transforms (augmentation, bilinear
+resizing) are not used: samples are taken raw from ``DataBundle.train``/``.val``.
+
+Output (``format=parquet``, DESIGN section 5): ``output/train-XXXXX-of-YYYYY.parquet`` and
+``validation-...`` shards with columns ``file_path`` (source file relative to the dataset root, or
+``<dataset>/<split>/<index>`` for in-memory data), ``label`` and ``data``
+(:func:`i2e_train.data.formats.pack_events` bytes), plus ``metadata.json``. ``format=npz`` writes
+the authors' older layout ``output/{train,val}/<label>/<index>.npz`` (one bool array
+``[T, 2, H, W]``, key ``arr_0``).
+
+Resuming: shard ``k`` of a split always holds rows ``[k * shard_size, (k + 1) * shard_size)``, so
+the layout is a pure function of the dataset and ``shard_size``. Every file is written to a
+temporary name and renamed into place when complete; a re-run converts only the missing shards
+and leaves finished ones untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..errors import UserError
+
+FORMAT_VERSION = 1
+METADATA = "metadata.json"
+# Published split name -> folder name of the older npz layout.
+SPLIT_DIRS = {"train": "train", "validation": "val"}
+_STATS_KEY = b"i2e_convert"
+_TMP_MARK = ".tmp-"
+
+
+@dataclass
+class ConvertOptions:
+    """Top-level keys of configs/convert.yaml (see there for their meaning)."""
+
+    output: str
+    format: str = "parquet"
+    split: str = "all"
+    shard_size: int = 1000
+    batch_size: int = 64
+    device: str = "auto"
+    num_workers: int = 4
+    max_shards: int | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.format not in ("parquet", "npz"):
+            raise UserError(f"format must be parquet or npz, got '{self.format}'")
+        if self.split not in ("all", *SPLIT_DIRS):
+            raise UserError(f"split must be all, train or validation, got '{self.split}'")
+        for key in ("shard_size", "batch_size"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.num_workers < 0:
+            raise UserError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.max_shards is not None and self.max_shards < 1:
+            raise UserError(f"max_shards must be null or >= 1, got {self.max_shards}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be auto, cpu or cuda, got '{self.device}'")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(SPLIT_DIRS) if self.split == "all" else [self.split]
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def to_pil_rgb(sample: Any) -> Image.Image:
+    """A dataset sample (PIL image, uint8 tensor ``[C, H, W]``/``[H, W]`` or uint8 array ``[H, W(, C)]``)
+    as an RGB PIL image; grey is replicated to the three channels."""
+    if isinstance(sample, Image.Image):
+        return sample if sample.mode == "RGB" else sample.convert("RGB")
+    if isinstance(sample, Tensor):
+        if sample.dtype != torch.uint8:
+            raise ValueError(f"expected a uint8 image tensor, got dtype {sample.dtype}")
+        if sample.ndim == 3:
+            sample = sample.permute(1, 2, 0)  # CHW -> HWC
+        sample = sample.numpy()
+    arr = np.asarray(sample)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 image, got dtype {arr.dtype}")
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 2:
+        arr = np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        raise ValueError(f"expected an image [H, W, 3], got shape {arr.shape}")
+    return Image.fromarray(np.ascontiguousarray(arr[:, :, :3]), "RGB")
+
+
+def prepare_image(sample: Any, image_size: int | None) -> Tensor:
+    """uint8 ``[3, S, S]`` as the published I2E datasets: PIL bicubic resize to ``image_size``,
+    skipped when the image already has that size (``None`` or 0 keeps any size)."""
+    image = to_pil_rgb(sample)
+    if image_size and image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
+
+
+class SourceIds:
+    """``file_path`` of each row: the source file relative to ``root`` where the dataset keeps file
+    paths (torchvision's ImageFolder/DatasetFolder, also inside Subset), else ``<name>/<split>/<index>``."""
+
+    def __init__(self, dataset: Any, name: str, split: str, root: str | None) -> None:
+        self.prefix = f"{name}/{split}"
+        self.root = Path(root).expanduser().resolve() if root else None
+        self.files: list[str] | None = None
+        base, indices = dataset, None
+        while isinstance(base, torch.utils.data.Subset):
+            indices = [base.indices[i] for i in indices] if indices is not None else list(base.indices)
+            base = base.dataset
+        samples = getattr(base, "samples", None)
+        if (
+            isinstance(samples, list)
+            and samples
+            and isinstance(samples[0], tuple)
+            and isinstance(samples[0][0], str)
+        ):
+            files = [s[0] for s in samples]
+            self.files = [files[i] for i in indices] if indices is not None else files
+
+    def __call__(self, index: int) -> str:
+        if self.files is None:
+            return f"{self.prefix}/{index:08d}"
+        path = Path(self.files[index])
+        if self.root is not None:
+            with contextlib.suppress(ValueError):
+                return path.resolve().relative_to(self.root).as_posix()
+        return path.as_posix()
+
+
+class _Prepared(torch.utils.data.Dataset):
+    """Raw samples -> (uint8 [3, S, S], label, index, error); runs in DataLoader workers. A sample that
+    cannot be read comes back as an error message, so the main process reports it in one line."""
+
+    def __init__(self, base: Any, image_size: int, source: SourceIds) -> None:
+        self.base, self.image_size, self.source = base, image_size, source
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int, str]:
+        try:
+            sample, label = self.base[index]
+            return prepare_image(sample, self.image_size), int(label), index, ""
+        except Exception as e:  # noqa: BLE001 - reported with the sample it came from
+            where = f"{self.source.prefix} sample {index} ('{self.source(index)}')"
+            message = f"cannot convert {where}: {type(e).__name__}: {e}"
+            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -1, index, message
+
+
+# ----------------------------------------------------------------------------- output layouts
+@dataclass
+class ShardStats:
+    rows: int
+    ones: int  # events (ones) in the shard
+    elements: int  # entries of the event tensors in the shard
+
+
+@dataclass
+class ShardBuffer:
+    """A shard being written: its rows so far (packed, so a shard of large images stays small)."""
+
+    index: int
+    rows: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    data: list[bytes] = field(default_factory=list)
+    ones: int = 0
+    elements: int = 0
+
+    def count(self, events: Tensor) -> None:
+        self.ones += int(events.sum())
+        self.elements += events.numel()
+
+
+def shard_ranges(num_rows: int, shard_size: int) -> list[range]:
+    """Row range of every shard: a pure function of the dataset size and the shard size."""
+    return [range(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via a temporary file in the same folder, fsync, then rename: readers see all or nothing."""
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+class ParquetShards:
+    """``split-XXXXX-of-YYYYY.parquet`` files; a shard is done when its file exists (written atomically).
+    Each file's key-value metadata keeps its event counts, so finishing a resumed run needs no decoding."""
+
+    def __init__(self, out: Path, split: str, ranges: list[range]) -> None:
+        self.out, self.split, self.ranges = out, split, ranges
+
+    def path(self, k: int) -> Path:
+        return self.out / f"{self.split}-{k:05d}-of-{len(self.ranges):05d}.parquet"
+
+    def check_foreign(self) -> None:
+        expected = {self.path(k).name for k in range(len(self.ranges))}
+        for p in sorted(self.out.glob(f"{self.split}-*-of-*.parquet")):
+            if p.name not in expected:
+                raise UserError(
+                    f"'{p}' belongs to a different shard layout (this run writes {len(self.ranges)} "
+                    f"{self.split} shards); convert into a new output folder or delete the old shards"
+                )
+
+    def clean_temporary(self) -> int:
+        stale = list(self.out.glob(f".{self.split}-*.parquet{_TMP_MARK}*"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    def done(self, k: int) -> bool:
+        import pyarrow.parquet as pq
+
+        path = self.path(k)
+        if not path.exists():
+            return False
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise UserError(f"'{path}' is not a readable parquet file ({e}); delete it and re-run") from None
+        if rows != len(self.ranges[k]):
+            raise UserError(
+                f"'{path}' holds {rows} rows but shard {k} has {len(self.ranges[k])}; "
+                "it was written by another conversion: use a new output folder"
+            )
+        return True
+
+    def add(
+        self, buf: ShardBuffer, rows: list[int], paths: list[str], labels: list[int], events_BTCHW: Tensor
+    ) -> None:
+        from .formats import pack_events
+
+        buf.rows += rows
+        buf.paths += paths
+        buf.labels += labels
+        buf.data += [pack_events(e) for e in events_BTCHW]
+        buf.count(events_BTCHW)
+
+    def finish(self, buf: ShardBuffer) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table(
+            {
+                "file_path": pa.array(buf.paths, pa.string()),
+                "label": pa.array(buf.labels, pa.int64()),
+                "data": pa.array(buf.data, pa.binary()),
+            }
+        )
+        meta = {"first_row": buf.rows[0], "ones": buf.ones, "elements": buf.elements}
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STATS_KEY: json.dumps(meta)})
+        # Small row groups keep random access to one row cheap (viewers, map-style readers).
+        _atomic_write(self.path(buf.index), lambda f: pq.write_table(table, f, row_group_size=64))
+
+    def stats(self, k: int) -> ShardStats:
+        import pyarrow.parquet as pq
+
+        path = self.path(k)
+        meta = pq.read_schema(path).metadata or {}
+        if _STATS_KEY not in meta:
+            raise UserError(f"'{path}' was not written by i2e-convert; use a new output folder")
+        info = json.loads(meta[_STATS_KEY])
+        return ShardStats(len(self.ranges[k]), int(info["ones"]), int(info["elements"]))
+
+
+class NpzShards:
+    """The older layout ``{train,val}/<label>/<index>.npz``. Files are written atomically one by one;
+    ``.progress/<split>-XXXXX-of-YYYYY.json`` marks a finished shard and keeps its event counts."""
+
+    def __init__(self, out: Path, split: str, ranges: list[range]) -> None:
+        self.out, self.split, self.ranges = out, split, ranges
+        self.marks = out / ".progress"
+
+    def path(self, k: int) -> Path:
+        return self.marks / f"{self.split}-{k:05d}-of-{len(self.ranges):05d}.json"
+
+    def check_foreign(self) -> None:
+        expected = {self.path(k).name for k in range(len(self.ranges))}
+        for p in sorted(self.marks.glob(f"{self.split}-*-of-*.json")):
+            if p.name not in expected:
+                raise UserError(
+                    f"'{self.out}' was converted with another shard layout ({p.name}); "
+                    "convert into a new output folder"
+                )
+
+    def clean_temporary(self) -> int:
+        stale = list((self.out / SPLIT_DIRS[self.split]).glob(f"*/.*{_TMP_MARK}*"))
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return len(stale)
+
+    def done(self, k: int) -> bool:
+        return self.path(k).exists()
+
+    def add(
+        self, buf: ShardBuffer, rows: list[int], paths: list[str], labels: list[int], events_BTCHW: Tensor
+    ) -> None:
+        del paths  # the layout has no place for them
+        split_dir = self.out / SPLIT_DIRS[self.split]
+        for index, label, events in zip(rows, labels, events_BTCHW, strict=True):
+            folder = split_dir / str(label)
+            folder.mkdir(parents=True, exist_ok=True)
+            arr = events.numpy()
+            _atomic_write(folder / f"{index}.npz", lambda f, a=arr: np.savez_compressed(f, a))
+        buf.rows += rows
+        buf.count(events_BTCHW)
+
+    def finish(self, buf: ShardBuffer) -> None:
+        self.marks.mkdir(parents=True, exist_ok=True)
+        record = {"first_row": buf.rows[0], "rows": len(buf.rows), "ones": buf.ones, "elements": buf.elements}
+        _atomic_write(self.path(buf.index), lambda f: f.write(json.dumps(record).encode()))
+
+    def stats(self, k: int) -> ShardStats:
+        info = json.loads(self.path(k).read_text())
+        return ShardStats(int(info["rows"]), int(info["ones"]), int(info["elements"]))
+
+
+# ----------------------------------------------------------------------------- conversion
+@dataclass
+class SplitPlan:
+    name: str
+    dataset: Any
+    ranges: list[range]
+    shards: ParquetShards | NpzShards
+    pending: list[int]
+
+
+def _batches(ranges: Sequence[range], shard_ids: Sequence[int], batch_size: int) -> Iterator[list[int]]:
+    """Index batches that never cross a shard boundary."""
+    for k in shard_ids:
+        r = ranges[k]
+        for s in range(r.start, r.stop, batch_size):
+            yield list(range(s, min(s + batch_size, r.stop)))
+
+
+def convert_split(
+    plan: SplitPlan,
+    *,
+    image_size: int,
+    ratio: float,
+    order: str | Sequence[int],
+    device: torch.device,
+    batch_size: int,
+    num_workers: int,
+    source: SourceIds,
+    progress: Any,
+    shard_ids: Sequence[int],
+) -> list[int]:
+    """Convert the given pending shards of one split; returns the shards written."""
+    from ..i2e import i2e_convert
+
+    loader = torch.utils.data.DataLoader(
+        _Prepared(plan.dataset, image_size, source),
+        batch_sampler=list(_batches(plan.ranges, shard_ids, batch_size)),
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if num_workers > 0 else None,
+    )
+    written: list[int] = []
+    queue = iter(shard_ids)
+    buf = ShardBuffer(next(queue, -1))
+    for images_BCHW, labels_B, index_B, errors in loader:
+        if failed := next((e for e in errors if e), None):
+            raise UserError(failed)
+        images_BCHW = images_BCHW.to(device, non_blocking=True)
+        # Fixed pairs (evaluation mode): [T, B, 2, H, W] -> per-sample [B, T, 2, H, W] on the CPU.
+        events_BTCHW = i2e_convert(images_BCHW, ratio, order, dtype=torch.bool).transpose(0, 1).cpu()
+        rows = index_B.tolist()
+        plan.shards.add(buf, rows, [source(i) for i in rows], labels_B.tolist(), events_BTCHW)
+        progress.update(len(rows))
+        expected = plan.ranges[buf.index]
+        if len(buf.rows) == len(expected):
+            if buf.rows != list(expected):  # the batch sampler guarantees this; never write a wrong shard
+                raise RuntimeError(f"{plan.name} shard {buf.index}: rows arrived out of order")
+            plan.shards.finish(buf)
+            written.append(buf.index)
+            buf = ShardBuffer(next(queue, -1))
+    return written
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
+    return torch.device(name)
+
+
+def _order_info(order: Any) -> dict[str, Any]:
+    from ..i2e import fixed_pairs, resolve_order
+
+    try:
+        groups = resolve_order(order)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return {
+        "order": order if isinstance(order, str) else list(groups),
+        "groups": list(groups),
+        "pairs": [list(p) for p in fixed_pairs(groups)],
+    }
+
+
+# Metadata keys that must match between runs writing into the same folder.
+_SAME = ("format", "format_version", "dataset", "ratio", "groups", "image_size", "shard_size")
+
+
+def _check_compatible(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    flat_old = {**old, **old.get("i2e", {}), **old.get("source", {})}
+    flat_new = {**new, **new["i2e"], **new["source"]}
+    for key in _SAME:
+        if flat_old.get(key) != flat_new.get(key):
+            raise UserError(
+                f"'{path.parent}' was converted with {key}={flat_old.get(key)!r}, this run has "
+                f"{key}={flat_new.get(key)!r}; convert into a new output folder or delete the old one"
+            )
+    for split, info in new["splits"].items():
+        before = old.get("splits", {}).get(split)
+        if before and before.get("rows") != info["rows"]:
+            raise UserError(
+                f"'{path.parent}' holds a {split} split of {before.get('rows')} rows, the dataset now "
+                f"has {info['rows']}; convert into a new output folder"
+            )
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+
+
+def convert(
+    bundle: Any,
+    *,
+    options: ConvertOptions,
+    dataset_name: str,
+    dataset_root: str | None,
+    image_size: int,
+    ratio: float,
+    order: str | Sequence[int],
+) -> dict[str, Any]:
+    """Convert the bundle's splits into ``options.output``; returns the metadata written."""
+    from tqdm import tqdm
+
+    from ..i2e import NUM_STEPS
+    from ..monitor import log
+
+    if bundle.events:
+        raise UserError(f"dataset '{dataset_name}' already consists of events; there is nothing to convert")
+    out = Path(options.output).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output '{out}' exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(options.device)
+    layout = ParquetShards if options.format == "parquet" else NpzShards
+
+    plans: list[SplitPlan] = []
+    for split in options.splits:
+        dataset = bundle.train if split == "train" else bundle.val
+        ranges = shard_ranges(len(dataset), options.shard_size)
+        shards = layout(out, split, ranges)
+        plans.append(SplitPlan(split, dataset, ranges, shards, []))
+
+    meta_path = out / METADATA
+    meta: dict[str, Any] = {
+        "format": f"i2e-{options.format}",
+        "format_version": FORMAT_VERSION,
+        "complete": False,
+        "created_by": "i2e-convert",
+        "source": {
+            "dataset": dataset_name,
+            "root": dataset_root,
+            "num_classes": bundle.num_classes,
+            "class_names": list(bundle.class_names),
+        },
+        "i2e": {
+            "ratio": ratio,
+            **_order_info(order),
+            "random_vectors": False,
+            "timesteps": NUM_STEPS,
+            "channels": ["ON", "OFF"],
+        },
+        "image_size": image_size,
+        "preprocessing": (
+            f"RGB, resized to {image_size}x{image_size} with PIL bicubic interpolation unless already "
+            "that size; then I2E with each timestep's fixed displacement pair"
+        ),
+        "events": f"bool [T, C, H, W] = [{NUM_STEPS}, 2, {image_size}, {image_size}] per row",
+        "shard_size": options.shard_size,
+        "splits": {p.name: {"rows": len(p.dataset), "shards": len(p.ranges)} for p in plans},
+    }
+    if meta_path.exists():
+        try:
+            old = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as e:
+            raise UserError(
+                f"'{meta_path}' cannot be read ({e}); delete it or use a new output folder"
+            ) from None
+        _check_compatible(meta_path, old, meta)
+        # Splits converted earlier (e.g. split=train, then split=validation) stay recorded.
+        meta["splits"] = {**old.get("splits", {}), **meta["splits"]}
+        was_complete = bool(old.get("complete")) and all(
+            old.get("splits", {}).get(p.name, {}).get("event_rate") is not None for p in plans
+        )
+    else:
+        was_complete = False
+
+    for p in plans:
+        p.shards.check_foreign()
+        if stale := p.shards.clean_temporary():
+            log.info(
+                "removed %d unfinished temporary file(s) of %s left by an interrupted run", stale, p.name
+            )
+        p.pending = [k for k in range(len(p.ranges)) if not p.shards.done(k)]
+
+    todo = [(p, k) for p in plans for k in p.pending]
+    total_shards = sum(len(p.ranges) for p in plans)
+    if not todo and was_complete:
+        log.info(
+            "nothing to do: '%s' already holds all %d shards (%s)",
+            out,
+            total_shards,
+            ", ".join(f"{p.name} {len(p.dataset)} rows" for p in plans),
+        )
+        return json.loads(meta_path.read_text())
+    if options.max_shards is not None:
+        todo = todo[: options.max_shards]
+    if todo:  # incomplete until every shard is written
+        _write_json(meta_path, meta)
+
+    log.info(
+        "converting %s into '%s' (%s, ratio %s, order %s, %dx%d, %d of %d shards to write, device %s)",
+        dataset_name,
+        out,
+        options.format,
+        ratio,
+        meta["i2e"]["order"],
+        image_size,
+        image_size,
+        len(todo),
+        total_shards,
+        device,
+    )
+    remaining = sum(len(p.ranges[k]) for p, k in todo)
+    bar = tqdm(total=remaining, unit="img", disable=not options.progress, dynamic_ncols=True, smoothing=0.1)
+    t0 = time.perf_counter()
+    try:
+        for p in plans:
+            mine = [k for q, k in todo if q is p]
+            if not mine:
+                continue
+            bar.set_description(p.name)
+            convert_split(
+                p,
+                image_size=image_size,
+                ratio=ratio,
+                order=order,
+                device=device,
+                batch_size=options.batch_size,
+                num_workers=options.num_workers,
+                source=SourceIds(p.dataset, dataset_name, p.name, dataset_root),
+                progress=bar,
+                shard_ids=mine,
+            )
+    except KeyboardInterrupt:
+        bar.close()  # before the message, so that it starts on a line of its own
+        done = sum(1 for p in plans for k in range(len(p.ranges)) if p.shards.done(k))
+        log.info(
+            "interrupted: %d of %d shards are complete; run the same command again to continue",
+            done,
+            total_shards,
+        )
+        raise
+    finally:
+        bar.close()  # also before an error message
+    seconds = time.perf_counter() - t0
+    if remaining:
+        log.info(
+            "converted %d images in %.1fs (%.1f images/s)", remaining, seconds, remaining / max(seconds, 1e-9)
+        )
+
+    left = sum(1 for p in plans for k in range(len(p.ranges)) if not p.shards.done(k))
+    if left:
+        log.info(
+            "%d of %d shards are still missing (max_shards=%s); run the same command again to continue",
+            left,
+            total_shards,
+            options.max_shards,
+        )
+        return meta
+
+    for p in plans:
+        stats = [p.shards.stats(k) for k in range(len(p.ranges))]
+        rate = sum(s.ones for s in stats) / max(sum(s.elements for s in stats), 1)
+        meta["splits"][p.name].update(event_rate=rate)
+    # Every row has the same number of event entries, so rows weight the splits exactly.
+    splits = meta["splits"].values()
+    meta["complete"] = all(info.get("event_rate") is not None for info in splits)
+    rows = sum(info["rows"] for info in splits if info.get("event_rate") is not None)
+    meta["event_rate"] = sum(
+        info["event_rate"] * info["rows"] for info in splits if info.get("event_rate") is not None
+    ) / max(rows, 1)
+    _write_json(meta_path, meta)
+    log.info(
+        "done: %s in '%s' (event rate %.2f%%)",
+        ", ".join(f"{p.name} {len(p.dataset)} rows in {len(p.ranges)} shard(s)" for p in plans),
+        out,
+        100 * meta["event_rate"],
+    )
+    return meta

@@ -13,14 +13,10 @@ from . import DataBundle, register
 
 def _split_dir(root: str | None, split: str, dataset: str) -> Path:
     if not root:
-        raise ValueError(
-            f"dataset.root is not set; point it at the folder holding train/ and val/ for {dataset}"
-        )
+        raise ValueError(f"dataset.root is not set; point it at the folder holding train/ and val/ for {dataset}")
     path = Path(root).expanduser() / split
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"{dataset}: '{path}' does not exist; expected {root}/{split}/<class>/<image>"
-        )
+        raise FileNotFoundError(f"{dataset}: '{path}' does not exist; expected {root}/{split}/<class>/<image>")
     return path
 
 

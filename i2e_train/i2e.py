@@ -424,6 +424,10 @@ class I2E(nn.Module):
             images, self.ratio, self.order, pairs=pairs, dtype=self.dtype, backend=self.backend
         )
 
+    def resolved_backend(self, device: torch.device | str) -> str:
+        """The backend ``auto`` resolves to for tensors on ``device`` (``torch`` or ``triton``)."""
+        return _resolve_backend(self.backend, torch.device(device))
+
     def manual_seed(self, seed: int) -> None:
         """Reseed the pair generator (the trainer derives a seed per step for exact resume)."""
         self._generator.manual_seed(int(seed))

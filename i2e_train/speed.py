@@ -104,17 +104,24 @@ def configure_backends(device: torch.device, cudnn_benchmark: bool) -> None:
         torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
 
 
-def compile_model(model: nn.Module) -> nn.Module:
+def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
     """``torch.compile`` the model; SpikingJelly's reset cache must forget the uncompiled modules."""
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, backend=backend)
     functional.invalidate_reset_cache(model)
     functional.invalidate_reset_cache(compiled)
     return compiled
 
 
-def apply_memopt(model: nn.Module, example_TBCHW: Tensor, level: int, block_types: tuple[type, ...]) -> int:
+def apply_memopt(
+    model: nn.Module,
+    example_TBCHW: Tensor,
+    level: int,
+    block_types: tuple[type, ...],
+    context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> int:
     """SpikingJelly's memory optimiser, level 1: gradient checkpointing of residual blocks with
-    spike compression (parameter names and ``state_dict`` keys are kept). Returns blocks wrapped."""
+    spike compression (parameter names and ``state_dict`` keys are kept). ``context`` wraps the
+    probing forward pass (the training autocast). Returns the number of blocks wrapped."""
     if level not in MEMOPT_LEVELS:
         raise UserError(
             f"trainer.memopt must be one of {MEMOPT_LEVELS} (0: off, 1: checkpointing), got {level}"
@@ -125,7 +132,8 @@ def apply_memopt(model: nn.Module, example_TBCHW: Tensor, level: int, block_type
 
     def example_forward(m: nn.Module) -> Tensor:
         try:
-            return m(example_TBCHW)
+            with context():
+                return m(example_TBCHW)
         finally:
             functional.reset_net(m)
 

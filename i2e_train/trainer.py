@@ -198,7 +198,7 @@ class Trainer:
             batch, _ = self.batch_transform(batch, torch.zeros(batch.shape[0], dtype=torch.long))
         with torch.no_grad(), self.amp.autocast():
             events = engine.to_events(batch, self.converter, self.amp.dtype or torch.float32)
-        wrapped = speed.apply_memopt(self.model, events, level, (MSBasicBlock,))
+        wrapped = speed.apply_memopt(self.model, events, level, (MSBasicBlock,), self.amp.autocast)
         log.info("memopt level %d: %d residual blocks checkpointed", level, wrapped)
 
     def _loader(self, dataset: Any, transform: Any, sampler: EpochSampler, batch_size: int) -> DataLoader:

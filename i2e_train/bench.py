@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,7 @@ def bench_conversion(args: argparse.Namespace, device: torch.device, peak: dict)
         for batch in args.batches:
             x = random_images(batch, size, device)
             paper_t = statistics.median(
-                time_call(lambda: paper_conversion(x, RATIO, weights), device, args.warmup, args.repeats)
+                time_call(partial(paper_conversion, x, RATIO, weights), device, args.warmup, args.repeats)
             )
             ours = i2e_convert(x, RATIO, backend="torch")
             mismatch = float((paper_conversion(x, RATIO, weights) != ours).float().mean())
@@ -158,9 +159,9 @@ def bench_conversion(args: argparse.Namespace, device: torch.device, peak: dict)
                 for name in args.dtypes:
                     dtype = DTYPES[name]
                     if dtype is None:
-                        fn = lambda b=backend: i2e_pack(x, RATIO, backend=b)  # noqa: E731
+                        fn = partial(i2e_pack, x, RATIO, backend=backend)
                     else:
-                        fn = lambda b=backend, d=dtype: i2e_convert(x, RATIO, dtype=d, backend=b)  # noqa: E731
+                        fn = partial(i2e_convert, x, RATIO, dtype=dtype, backend=backend)
                     t = statistics.median(time_call(fn, device, args.warmup, args.repeats))
                     rows.append(_conv_row(size, batch, "i2e-train", backend, name, t, paper_t, peak))
     return rows

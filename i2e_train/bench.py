@@ -88,6 +88,21 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int, repeats:
     return times
 
 
+def time_interleaved(
+    fns: Sequence[Callable[[], Any]], device: torch.device, warmup: int, repeats: int
+) -> list[list[float]]:
+    """Seconds per call of each function, the functions taking turns in every repeat, so that a
+    change of machine load during the run affects all of them alike (the ratios stay fair)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            times[i] += time_call(fn, device, 0, 1)
+    return times
+
+
 def random_images(batch: int, size: int, device: torch.device, seed: int = 0) -> Tensor:
     """uint8 [B, 3, size, size]: smooth structure plus noise (not zeros, not flat)."""
     gen = torch.Generator().manual_seed(seed)
@@ -147,14 +162,10 @@ def bench_conversion(args: argparse.Namespace, device: torch.device, peak: dict)
     for size in args.sizes:
         for batch in args.batches:
             x = random_images(batch, size, device)
-            paper_t = statistics.median(
-                time_call(partial(paper_conversion, x, RATIO, weights), device, args.warmup, args.repeats)
-            )
             ours = i2e_convert(x, RATIO, backend="torch")
             mismatch = float((paper_conversion(x, RATIO, weights) != ours).float().mean())
-            rows.append(
-                _conv_row(size, batch, "paper conv2d", "-", "float32", paper_t, paper_t, peak, mismatch)
-            )
+            del ours
+            cases = [("paper conv2d", "-", "float32", partial(paper_conversion, x, RATIO, weights))]
             for backend in backends:
                 for name in args.dtypes:
                     dtype = DTYPES[name]
@@ -162,8 +173,14 @@ def bench_conversion(args: argparse.Namespace, device: torch.device, peak: dict)
                         fn = partial(i2e_pack, x, RATIO, backend=backend)
                     else:
                         fn = partial(i2e_convert, x, RATIO, dtype=dtype, backend=backend)
-                    t = statistics.median(time_call(fn, device, args.warmup, args.repeats))
-                    rows.append(_conv_row(size, batch, "i2e-train", backend, name, t, paper_t, peak))
+                    cases.append(("i2e-train", backend, name, fn))
+            times = time_interleaved([c[3] for c in cases], device, args.warmup, args.repeats)
+            paper_t = statistics.median(times[0])
+            for (impl, backend, name, _), t in zip(cases, times, strict=True):
+                extra = mismatch if impl == "paper conv2d" else None
+                rows.append(
+                    _conv_row(size, batch, impl, backend, name, statistics.median(t), paper_t, peak, extra)
+                )
     return rows
 
 

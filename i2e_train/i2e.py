@@ -66,9 +66,6 @@ DEFAULT_ORDER = "gamma_alpha_beta"
 # auto: the fused Triton kernel for CUDA tensors when triton is installed, else torch.
 BACKENDS = ("auto", "torch", "triton")
 
-# Elements of the difference map processed at once on the CPU (256 KiB of float32: fits L2).
-_CPU_CHUNK_ELEMENTS = 1 << 16
-
 _OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool)
 
 # Every group size divides this, so ``randint(0, _DRAW_RANGE) % len(group)`` is
@@ -269,13 +266,19 @@ def i2e_pack(
 
 def packbits(bits_BN: Tensor) -> Tensor:
     """``np.packbits(..., bitorder="big")`` of each row of a 0/1 tensor ``[B, N]``, on its device."""
+    if bits_BN.device.type == "cpu":
+        return torch.from_numpy(np.packbits(bits_BN.to(torch.uint8).numpy(), axis=1, bitorder="big"))
+    return _packbits_torch(bits_BN)
+
+
+def _packbits_torch(bits_BN: Tensor) -> Tensor:
     batch, n = bits_BN.shape
-    pad = -n % 8
-    if pad:
-        bits_BN = nn.functional.pad(bits_BN.to(torch.uint8), (0, pad))
+    bits_BN = bits_BN.to(torch.uint8)
+    if n % 8:
+        bits_BN = nn.functional.pad(bits_BN, (0, 8 - n % 8))
     weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=bits_BN.device)
     # Sums of distinct powers of two below 256: exact in uint8.
-    return (bits_BN.to(torch.uint8).view(batch, -1, 8) * weights).sum(-1, dtype=torch.uint8)
+    return (bits_BN.view(batch, -1, 8) * weights).sum(-1, dtype=torch.uint8)
 
 
 def _checked_pairs(
@@ -318,6 +321,7 @@ def _convert_torch(
 
     vpad_BHW = nn.functional.pad(v_BHW.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
     events_TBCHW = torch.empty((NUM_STEPS, batch, 2, height, width), dtype=dtype, device=device)
+    dv_BHW = torch.empty((batch, height, width), dtype=torch.float32, device=device)
 
     if per_sample:
         # All 9 shifts as a zero-copy view [B, 3, 3, H, W]; each sample then
@@ -334,31 +338,21 @@ def _convert_torch(
         if device.type == "cuda" and rc_4TB.device.type == "cpu":
             rc_4TB = rc_4TB.pin_memory()  # lets the copy below run without a host sync
         rc_4TB = rc_4TB.to(device, non_blocking=True)
+        b_idx = torch.arange(batch, device=device)
 
-    # On the CPU, work on a few images at a time so that the difference map stays in cache
-    # between the subtraction and the two comparisons (x2-3 faster at 224x224); GPUs prefer
-    # few large launches.
-    chunk = max(1, _CPU_CHUNK_ELEMENTS // (height * width)) if device.type == "cpu" else batch
-    dv_BHW = torch.empty((min(chunk, batch), height, width), dtype=torch.float32, device=device)
-    for lo in range(0, batch, chunk):
-        hi = min(lo + chunk, batch)
-        dv = dv_BHW[: hi - lo]
-        on_th, off_lt = on_th_B11[lo:hi], off_lt_B11[lo:hi]
+    for t in range(NUM_STEPS):
         if per_sample:
-            b_idx = torch.arange(lo, hi, device=device)
-        for t in range(NUM_STEPS):
-            if per_sample:
-                to_r, to_c, from_r, from_c = rc_4TB[:, t, lo:hi]
-                v_to = shifts_B33HW[b_idx, to_r, to_c]
-                v_from = shifts_B33HW[b_idx, from_r, from_c]
-            else:
-                p_from, p_to = pairs[t]
-                (fr, fc), (tr, tc) = _position_rc(p_from), _position_rc(p_to)
-                v_to = vpad_BHW[lo:hi, tr : tr + height, tc : tc + width]
-                v_from = vpad_BHW[lo:hi, fr : fr + height, fc : fc + width]
-            torch.sub(v_to, v_from, out=dv)
-            torch.ge(dv, on_th, out=events_TBCHW[t, lo:hi, 0])
-            torch.lt(dv, off_lt, out=events_TBCHW[t, lo:hi, 1])
+            to_r, to_c, from_r, from_c = rc_4TB[:, t]
+            v_to = shifts_B33HW[b_idx, to_r, to_c]
+            v_from = shifts_B33HW[b_idx, from_r, from_c]
+        else:
+            p_from, p_to = pairs[t]
+            (fr, fc), (tr, tc) = _position_rc(p_from), _position_rc(p_to)
+            v_to = vpad_BHW[:, tr : tr + height, tc : tc + width]
+            v_from = vpad_BHW[:, fr : fr + height, fc : fc + width]
+        torch.sub(v_to, v_from, out=dv_BHW)
+        torch.ge(dv_BHW, on_th_B11, out=events_TBCHW[t, :, 0])
+        torch.lt(dv_BHW, off_lt_B11, out=events_TBCHW[t, :, 1])
     return events_TBCHW
 
 

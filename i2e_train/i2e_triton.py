@@ -110,8 +110,8 @@ def _define_kernel(tl):
         PACKED: tl.constexpr,
         OUT_FLOAT: tl.constexpr,
         BLOCK: tl.constexpr,
+        PROGRAMS_PER_SM: tl.constexpr,  # only sizes the grid (autotuned with BLOCK)
     ):
-        add = tl.standard._sum_combine
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         HW = H * W
@@ -179,8 +179,16 @@ def _define_kernel(tl):
                     if PACKED:
                         # 8 consecutive pixels of one plane -> one byte, first pixel in the MSB.
                         weights = (128 >> tl.arange(0, 8))[None, :]
-                        on8 = tl.reduce(tl.reshape(on.to(tl.int32), (BLOCK // 8, 8)) * weights, 1, add)
-                        off8 = tl.reduce(tl.reshape(off.to(tl.int32), (BLOCK // 8, 8)) * weights, 1, add)
+                        on8 = tl.reduce(
+                            tl.reshape(on.to(tl.int32), (BLOCK // 8, 8)) * weights,
+                            1,
+                            tl.standard._sum_combine,
+                        )
+                        off8 = tl.reduce(
+                            tl.reshape(off.to(tl.int32), (BLOCK // 8, 8)) * weights,
+                            1,
+                            tl.standard._sum_combine,
+                        )
                         byte = tl.arange(0, BLOCK // 8)
                         bmask = start + byte * 8 < hi * W
                         base = out_ptr + b.to(tl.int64) * (2 * HW) + (2 * t * HW + start) // 8
@@ -203,15 +211,21 @@ def _define_kernel(tl):
     return i2e_kernel
 
 
-# Autotuning candidates on CUDA (measured once per shape/dtype on first use).
-_CUDA_CONFIGS = ((512, 4), (1024, 4), (1024, 8), (2048, 8))
+# Autotuning candidates on CUDA (BLOCK, warps, programs per SM), measured once per shape and
+# dtype on first use. One program per SM keeps the scratch slots (4 bytes/pixel each) in L2;
+# two hide more latency.
+_CUDA_CONFIGS = tuple((blk, w, p) for blk, w in ((512, 4), (1024, 4), (1024, 8), (2048, 8)) for p in (1, 2))
+_MAX_PROGRAMS_PER_SM = 2
 
 
 @functools.cache
 def _cuda_kernel():
     triton, tl = _triton()
     kernel = triton.jit(_define_kernel(tl), do_not_specialize=["pair_code"])
-    configs = [triton.Config({"BLOCK": blk}, num_warps=w) for blk, w in _CUDA_CONFIGS]
+    configs = [
+        triton.Config({"BLOCK": blk, "PROGRAMS_PER_SM": per_sm}, num_warps=w)
+        for blk, w, per_sm in _CUDA_CONFIGS
+    ]
     return triton.autotune(configs, key=["B", "H", "W", "split"])(kernel)
 
 
@@ -223,19 +237,15 @@ def _interpreted_kernel():
     return InterpretedFunction(_define_kernel(tl))
 
 
-def _programs(device: torch.device, work_items: int) -> int:
-    if device.type != "cuda":
-        return min(work_items, 3)  # the interpreter runs programs one by one; 3 exercises the loop
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    return min(work_items, 2 * sms)
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _bands(device: torch.device, batch: int, height: int, width: int, packed: bool) -> int:
     """Bands per image so that small batches still occupy every multiprocessor."""
     if device.type != "cuda" or (packed and width % 8):
         return 1  # packed bands must start on a byte boundary
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    want = math.ceil(2 * sms / batch)
+    want = math.ceil(2 * _sm_count(device) / batch)
     return max(1, min(want, height // 4 or 1))
 
 
@@ -254,8 +264,8 @@ def convert(
 
     Inputs are assumed validated by :func:`i2e_train.i2e.i2e_convert` (the public entry point).
     ``packed`` returns ``[B, 2*H*W]`` uint8 (needs ``H*W % 8 == 0``). ``programs``/``bands``/
-    ``block`` override the launch shape (tests use them to cover every code path; ``block`` only
-    applies in the interpreter, CUDA autotunes it).
+    ``block`` fix the launch shape (tests use them to cover every code path); by default CUDA
+    autotunes the block size and programs per SM, and the interpreter uses ``block``.
     """
     batch, _, height, width = images.shape
     device = images.device
@@ -283,13 +293,25 @@ def convert(
     ratio_t = torch.tensor([ratio], dtype=torch.float32)
     ratio_t = ratio_t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else ratio_t
 
+    if block % 8 or block & (block - 1):
+        raise ValueError(f"block must be a power of two >= 8, got {block}")
     split = bands or _bands(device, batch, height, width, packed)
     band_rows = math.ceil(height / split)
     split = math.ceil(height / band_rows)  # no empty bands
     if packed and split > 1 and (band_rows * width) % 8:
         raise ValueError("packed bands must start on a byte boundary")
-    nprog = programs or _programs(device, batch * split)
-    scratch = torch.empty((nprog, height, width), dtype=torch.float32, device=device)
+    items = batch * split
+    if programs is not None:
+        max_programs = min(programs, items)
+        grid: object = (max_programs,)
+    elif device.type == "cuda":
+        sms = _sm_count(device)
+        max_programs = min(items, _MAX_PROGRAMS_PER_SM * sms)
+        grid = lambda meta: (min(items, meta["PROGRAMS_PER_SM"] * sms),)  # noqa: E731
+    else:
+        max_programs = min(items, 3)  # the interpreter runs programs one by one; 3 exercises the loop
+        grid = (max_programs,)
+    scratch = torch.empty((max_programs, height, width), dtype=torch.float32, device=device)
     # bool is stored as bytes 0/1; the kernel writes through a uint8 view.
     target = out.view(torch.uint8) if out.dtype == torch.bool else out
     args = (
@@ -315,9 +337,13 @@ def convert(
     }
     if device.type == "cuda":
         with torch.cuda.device(device):
-            _cuda_kernel()[(nprog,)](*args, **flags)
+            # No FMA contraction, ever: the spec is one float32 subtraction and one product.
+            if programs is None:
+                _cuda_kernel()[grid](*args, **flags, enable_fp_fusion=False)
+            else:  # a fixed launch shape (tests): no autotuning
+                _cuda_kernel().fn[grid](
+                    *args, **flags, BLOCK=block, PROGRAMS_PER_SM=1, num_warps=4, enable_fp_fusion=False
+                )
     else:
-        if block % 8 or block & (block - 1):
-            raise ValueError(f"block must be a power of two >= 8, got {block}")
-        _interpreted_kernel()[(nprog,)](*args, **flags, BLOCK=block)
+        _interpreted_kernel()[grid](*args, **flags, BLOCK=block, PROGRAMS_PER_SM=1)
     return out

@@ -17,7 +17,7 @@ from skimage.transform import resize
 
 from i2e_train import i2e_triton
 from i2e_train.data.formats import encode_packed, pack_events, unpack_events
-from i2e_train.i2e import GROUPS, I2E, fixed_pairs, i2e_convert, i2e_pack, packbits
+from i2e_train.i2e import GROUPS, I2E, _packbits_torch, fixed_pairs, i2e_convert, i2e_pack, packbits
 
 pytest.importorskip("triton")
 
@@ -249,6 +249,7 @@ def test_packbits_helper_pads_like_numpy() -> None:
     bits = torch.randint(0, 2, (3, 13), generator=torch.Generator().manual_seed(0))
     expected = np.stack([np.packbits(r, bitorder="big") for r in bits.numpy().astype(bool)])
     np.testing.assert_array_equal(packbits(bits).numpy(), expected)
+    np.testing.assert_array_equal(_packbits_torch(bits).numpy(), expected)  # the path for GPU tensors
 
 
 # --------------------------------------------------------------------------
@@ -280,6 +281,54 @@ def test_pair_codes_roundtrip() -> None:
     decoded = [((code >> (7 * t)) & 127) for t in range(8)]
     assert [(c % 9 + 1, c // 9 + 1) for c in decoded] == pairs
     assert code < 2**63
+
+
+# --------------------------------------------------------------------------
+# Compiled for a Hopper GPU without one (the interpreter does not type-check like the compiler)
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("x_type", "out_type", "flags"),
+    [
+        ("*u8", "*bf16", {"IS_UINT8": True, "PER_SAMPLE": False, "PACKED": False, "OUT_FLOAT": True}),
+        ("*fp32", "*fp32", {"IS_UINT8": False, "PER_SAMPLE": True, "PACKED": False, "OUT_FLOAT": True}),
+        ("*fp64", "*u8", {"IS_UINT8": False, "PER_SAMPLE": False, "PACKED": False, "OUT_FLOAT": False}),
+        ("*u8", "*u8", {"IS_UINT8": True, "PER_SAMPLE": True, "PACKED": True, "OUT_FLOAT": False}),
+    ],
+)
+def test_kernel_compiles_for_sm90(x_type: str, out_type: str, flags: dict) -> None:
+    import triton
+    import triton.language as tl
+
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = triton.jit(i2e_triton._define_kernel(tl), do_not_specialize=["pair_code"])
+    signature = {name: "i32" for name in kernel.arg_names}
+    signature.update(
+        x_ptr=x_type,
+        lut_ptr="*fp32",
+        ratio_ptr="*fp32",
+        codes_ptr="*i32",
+        scratch_ptr="*fp32",
+        out_ptr=out_type,
+        pair_code="i64",
+    )
+    constants = {**flags, "BLOCK": 1024, "PROGRAMS_PER_SM": 1}
+    signature.update({name: "constexpr" for name in constants})
+    # What the JIT knows for 224x224 contiguous images: pointers and sizes divisible by 16.
+    divisible = ("x_ptr", "scratch_ptr", "out_ptr", "H", "W", "sxb", "sxc", "sxh")
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in divisible}
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constants, attrs),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": 8},
+    )
+    ptx = compiled.asm["ptx"]
+    assert "cubin" in compiled.asm
+    assert "fma.rn.f32" not in ptx  # even with FP fusion on, nothing contracts the float32 maths
 
 
 # --------------------------------------------------------------------------

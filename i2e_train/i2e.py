@@ -321,7 +321,8 @@ def _convert_torch(
 
     vpad_BHW = nn.functional.pad(v_BHW.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
     events_TBCHW = torch.empty((NUM_STEPS, batch, 2, height, width), dtype=dtype, device=device)
-    dv_BHW = torch.empty((batch, height, width), dtype=torch.float32, device=device)
+    staged = dtype == torch.float32  # see the loop below
+    dv_BHW = None if staged else torch.empty((batch, height, width), dtype=torch.float32, device=device)
 
     if per_sample:
         # All 9 shifts as a zero-copy view [B, 3, 3, H, W]; each sample then
@@ -340,6 +341,9 @@ def _convert_torch(
         rc_4TB = rc_4TB.to(device, non_blocking=True)
         b_idx = torch.arange(batch, device=device)
 
+    # float32 events can hold the differences themselves: each dV goes into its OFF slot, then two
+    # comparisons over all timesteps finish the job (10 whole-tensor ops instead of 24, no extra
+    # buffer; fewer ops also suffer less from a busy CPU).
     for t in range(NUM_STEPS):
         if per_sample:
             to_r, to_c, from_r, from_c = rc_4TB[:, t]
@@ -350,9 +354,16 @@ def _convert_torch(
             (fr, fc), (tr, tc) = _position_rc(p_from), _position_rc(p_to)
             v_to = vpad_BHW[:, tr : tr + height, tc : tc + width]
             v_from = vpad_BHW[:, fr : fr + height, fc : fc + width]
+        if staged:
+            torch.sub(v_to, v_from, out=events_TBCHW[t, :, 1])
+            continue
         torch.sub(v_to, v_from, out=dv_BHW)
         torch.ge(dv_BHW, on_th_B11, out=events_TBCHW[t, :, 0])
         torch.lt(dv_BHW, off_lt_B11, out=events_TBCHW[t, :, 1])
+    if staged:
+        dv_TBHW = events_TBCHW[:, :, 1]
+        torch.ge(dv_TBHW, on_th_B11, out=events_TBCHW[:, :, 0])
+        dv_TBHW.lt_(off_lt_B11)
     return events_TBCHW
 
 

@@ -227,18 +227,20 @@ def bench_train(args: argparse.Namespace, device: torch.device) -> list[dict]:
                 for channels_last in args.channels_last:
                     for compiled in args.compile:
                         for neuron_precision in args.neuron_precision:
-                            rows.append(
-                                _train_config(
-                                    args,
-                                    device,
-                                    model_name,
-                                    size,
-                                    precision,
-                                    channels_last,
-                                    compiled,
-                                    neuron_precision,
+                            for memopt in args.memopt:
+                                rows.append(
+                                    _train_config(
+                                        args,
+                                        device,
+                                        model_name,
+                                        size,
+                                        precision,
+                                        channels_last,
+                                        compiled,
+                                        neuron_precision,
+                                        memopt,
+                                    )
                                 )
-                            )
     return rows
 
 
@@ -251,6 +253,7 @@ def _train_config(
     channels_last: bool,
     compiled: bool,
     neuron_precision: str,
+    memopt: int,
 ) -> dict:
     from timm.optim import create_optimizer_v2
 
@@ -267,6 +270,7 @@ def _train_config(
         "channels_last": channels_last,
         "compile": compiled,
         "neuron_precision": neuron_precision,
+        "memopt": memopt,
     }
     amp_dtype = PRECISIONS[precision]
     if amp_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
@@ -298,6 +302,12 @@ def _train_config(
                     amp=amp,
                     scaler=scaler,
                 )
+            if memopt:
+                from .models.ms_resnet import MSBasicBlock
+
+                with torch.no_grad(), amp.autocast():
+                    example = converter(images)
+                speed.apply_memopt(model, example, memopt, (MSBasicBlock,), amp.autocast)
             if compiled:
                 train_model = speed.compile_model(model)
 
@@ -378,7 +388,7 @@ class _PILArray(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> Any:
         from PIL import Image
 
-        img = np.ascontiguousarray(self.images[i])
+        img = np.array(self.images[i])  # a writable copy out of the memory map
         if self.transform is None:
             return torch.from_numpy(img).permute(2, 0, 1)
         return self.transform(Image.fromarray(img))
@@ -533,6 +543,7 @@ def _print_tables(result: dict) -> None:
                     ("precision", "precision", ""),
                     ("channels_last", "channels_last", ""),
                     ("compile", "compile", ""),
+                    ("memopt", "memopt", ""),
                     ("neuron_state_method", "LIF state", ""),
                     ("images_per_s", "images/s", ",.1f"),
                     ("peak_memory_gib", "peak GiB", ".2f"),
@@ -640,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv(str, ("auto", "spikingjelly", "cast")),
         default=["auto"],
         help="how the LIF state stays fp32 under bf16/fp16 (trainer.neuron_precision); e.g. spikingjelly,cast",
+    )
+    g.add_argument(
+        "--memopt", type=_csv(int, ("0", "1")), default=[0], help="SpikingJelly memopt levels, e.g. 0,1"
     )
     g.add_argument("--train-warmup", type=int, default=3, help="untimed steps (+2 with compile)")
     g.add_argument("--train-steps", type=int, default=10, help="timed steps; the median is reported")

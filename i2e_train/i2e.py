@@ -208,8 +208,8 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
                 "(needs the triton package and a CUDA GPU); use backend='torch' or 'auto'"
             )
         return "triton"
-    # auto: the fused kernel on CUDA; CPU tensors would only run in Triton's slow interpreter.
-    return "triton" if device.type == "cuda" and i2e_triton.is_available(device) else "torch"
+    # auto: the fused kernel on recent CUDA GPUs; CPU tensors would only run in Triton's slow interpreter.
+    return "triton" if i2e_triton.is_preferred(device) else "torch"
 
 
 def i2e_convert(

@@ -65,6 +65,15 @@ def is_available(device: torch.device | str) -> bool:
     return device.type == "cpu"
 
 
+def is_preferred(device: torch.device | str) -> bool:
+    """Whether ``backend="auto"`` picks the kernel: CUDA GPUs of compute capability 8.0 or newer
+    (what the kernel was built and tuned for); older ones keep the torch path unless asked."""
+    device = torch.device(device)
+    return (
+        device.type == "cuda" and is_available(device) and torch.cuda.get_device_capability(device) >= (8, 0)
+    )
+
+
 def pair_code(pairs: Sequence[tuple[int, int]]) -> int:
     """The 8 shared ``(from, to)`` pairs as one integer: 7 bits per timestep, ``9*(to-1) + from-1``.
 

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from .errors import UserError
 from .models import neuron_input_fp32
+from .monitor import log
 
 NEURON_PRECISION = ("auto", "spikingjelly", "cast")
 MEMOPT_LEVELS = (0, 1)
@@ -67,16 +68,20 @@ def keep_neuron_state_fp32(
     if method == "spikingjelly":
         from spikingjelly.activation_based.precision import PrecisionConfig, prepare_model_for_precision
 
-        name = "bf16" if amp_dtype == torch.bfloat16 else "fp16"
         try:
-            # Only configures the LIF nodes in place (no module is replaced for bf16/fp16);
-            # autocast itself stays with the engine.
-            prepare_model_for_precision(model, device, PrecisionConfig(mode=name, neuron_storage="fp32"))
+            # mode="fp32": only the LIF nodes are configured (float32 state and arithmetic, spikes in
+            # the input dtype); autocast itself stays with the engine.
+            prepare_model_for_precision(model, device, PrecisionConfig(mode="fp32", neuron_storage="fp32"))
         except (RuntimeError, ValueError, ImportError) as e:
-            raise UserError(
-                f"SpikingJelly's precision API refused this setup ({e}); use trainer.neuron_precision=cast"
-            ) from None
-    elif method == "cast":
+            if mode != "auto":
+                raise UserError(
+                    f"SpikingJelly's precision API refused this setup ({e}); use trainer.neuron_precision=cast"
+                ) from None
+            log.warning(
+                "SpikingJelly's precision API is unavailable here (%s); casting LIF inputs to fp32", e
+            )
+            method = "cast"
+    if method == "cast":
         neuron_input_fp32(model)
     return method
 

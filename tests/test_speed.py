@@ -52,6 +52,18 @@ def test_neuron_precision_resolution() -> None:
         speed.resolve_neuron_precision("fp8", CPU, torch.bfloat16)
 
 
+def test_precision_api_refusal_falls_back_under_auto_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SpikingJelly's precision API needs CUDA; pretend 'auto' chose it on this CPU.
+    monkeypatch.setattr(speed, "resolve_neuron_precision", lambda mode, device, dtype: "spikingjelly")
+    model = build_model("ms_resnet18", 10)
+    assert speed.keep_neuron_state_fp32(model, CPU, torch.bfloat16, "auto") == "cast"
+    with speed.observe_lif(model) as seen, torch.autocast("cpu", dtype=torch.bfloat16):
+        model(events())
+    assert seen.state_dtype == torch.float32
+    with pytest.raises(UserError, match="requires a CUDA device.*neuron_precision=cast"):
+        speed.keep_neuron_state_fp32(build_model("ms_resnet18", 10), CPU, torch.bfloat16, "spikingjelly")
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_bf16_cast_keeps_state_fp32_and_composes_with_channels_last(channels_last: bool) -> None:
     torch.manual_seed(0)

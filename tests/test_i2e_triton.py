@@ -324,7 +324,7 @@ def test_kernel_compiles_for_sm90(x_type: str, out_type: str, flags: dict) -> No
     compiled = triton.compile(
         ASTSource(kernel, signature, constants, attrs),
         target=GPUTarget("cuda", 90, 32),
-        options={"num_warps": 8},
+        options={"num_warps": 8, "enable_fp_fusion": True},
     )
     ptx = compiled.asm["ptx"]
     assert "cubin" in compiled.asm

@@ -22,6 +22,10 @@ the same program has just written (L1/L2), not the input. The slots are reused b
 loop, so the scratch stays small and cache-resident. Bands re-read the image for the min/max
 (from L2), which only happens when the batch is small.
 
+Images containing NaN are outside the specification (the torch path propagates NaN through the
+min/max, the kernel's max ignores it); every other float value, infinities and signed zeros
+included, gives the same events on both paths.
+
 Output: events ``[8, B, 2, H, W]`` in float32/float16/bfloat16/uint8/bool, or packed
 ``[B, 2*H*W]`` uint8: each sample's ``[8, 2, H, W]`` flattened and packed big-endian
 (``np.packbits`` order), as in :mod:`i2e_train.data.formats`.

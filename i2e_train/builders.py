@@ -12,12 +12,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from . import speed
 from .data import DataBundle, build_datasets
 from .distributed import convert_sync_batchnorm
 from .engine import AmpSettings
 from .errors import UserError
 from .i2e import I2E
-from .models import build_model, neuron_input_fp32
+from .models import build_model
 
 T = typing.TypeVar("T")
 
@@ -108,8 +109,14 @@ def build_network(
     if sync_batchnorm:
         model = convert_sync_batchnorm(model)
     model.to(device)
-    if amp.dtype is not None:
-        neuron_input_fp32(model)
+    # trainer.neuron_precision / trainer.channels_last are validated with TrainerOptions.
+    speed.prepare_model(
+        model,
+        device,
+        amp.dtype,
+        neuron_precision=str(OmegaConf.select(cfg, "trainer.neuron_precision", default="auto")),
+        channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
+    )
     return model
 
 
@@ -127,6 +134,7 @@ def build_converter(cfg: DictConfig, bundle: DataBundle, seed: int, amp: AmpSett
             per_sample=bool(values.get("per_sample", False)),
             seed=seed,
             dtype=amp.dtype or torch.float32,
+            backend=str(values.get("backend", "auto")),
         )
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"invalid i2e settings: {e}") from None

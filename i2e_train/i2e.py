@@ -14,21 +14,25 @@ Winograd), so it is deliberately avoided.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 __all__ = [
     "GROUPS",
+    "BACKENDS",
     "I2E",
     "ORDERS",
     "event_rate",
     "fixed_pairs",
     "i2e_convert",
+    "i2e_pack",
     "resolve_order",
 ]
 
@@ -58,6 +62,9 @@ ORDERS: dict[str, tuple[int, ...]] = {
 }
 
 DEFAULT_ORDER = "gamma_alpha_beta"
+
+# auto: the fused Triton kernel for CUDA tensors when triton is installed, else torch.
+BACKENDS = ("auto", "torch", "triton")
 
 _OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool)
 
@@ -165,17 +172,44 @@ def _check_pair_tensor(pairs_TB2: Tensor, batch_size: int) -> Tensor:
     return pairs_TB2
 
 
+@functools.cache
+def _u8_to_unit(device: torch.device) -> Tensor:
+    """The 256 values ``float32(v) / 255``, computed by IEEE division (numpy) once per device."""
+    return torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255)).to(device)
+
+
 def _intensity(images_BCHW: Tensor) -> Tensor:
     """``V = max(R, G, B)`` in float32.
 
     The max is taken before the conversion: uint8 -> float32 / 255 and
     float -> float32 rounding are both monotone, so the result is identical to
-    converting first, at a third of the conversion cost.
+    converting first, at a third of the conversion cost. uint8 goes through a
+    table of the exact quotients: on CUDA ``tensor / 255`` is computed as
+    ``tensor * (1 / 255)``, which differs from ``x / 255`` for 126 of the 256 values.
     """
     v_BHW = images_BCHW.amax(dim=1)
     if images_BCHW.dtype == torch.uint8:
-        return v_BHW.float() / 255
+        table = _u8_to_unit(v_BHW.device)
+        return table.index_select(0, v_BHW.reshape(-1).int()).view(v_BHW.shape)
     return v_BHW.float()
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown I2E backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return "torch"
+    from . import i2e_triton
+
+    if backend == "triton":
+        if not i2e_triton.is_available(device):
+            raise ValueError(
+                f"I2E backend 'triton' is not available for {device} tensors "
+                "(needs the triton package and a CUDA GPU); use backend='torch' or 'auto'"
+            )
+        return "triton"
+    # auto: the fused kernel on recent CUDA GPUs; CPU tensors would only run in Triton's slow interpreter.
+    return "triton" if i2e_triton.is_preferred(device) else "torch"
 
 
 def i2e_convert(
@@ -184,28 +218,88 @@ def i2e_convert(
     order: str | Sequence[int] = DEFAULT_ORDER,
     pairs: Sequence[tuple[int, int]] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
 ) -> Tensor:
     """Convert images ``[B,3,H,W]`` into events ``[8, B, 2, H, W]`` (ON, OFF).
 
     ``pairs`` overrides the order's fixed pairs: 8 ``(from, to)`` pairs shared by
     the batch, or an integer tensor ``[8, B, 2]`` with one pair per sample.
+    ``backend``: ``auto`` (the fused Triton kernel on CUDA, torch elsewhere), ``torch``
+    (the reference path) or ``triton``; all give identical events.
     """
     _check_images(images)
     ratio = _check_ratio(ratio)
     _check_dtype(dtype)
+    pairs_checked = _checked_pairs(order, pairs, images.shape[0])
+    if _resolve_backend(backend, images.device) == "triton":
+        from . import i2e_triton
+
+        return i2e_triton.convert(images, ratio, pairs_checked, dtype)
+    return _convert_torch(images, ratio, pairs_checked, dtype)
+
+
+def i2e_pack(
+    images: Tensor,
+    ratio: float,
+    order: str | Sequence[int] = DEFAULT_ORDER,
+    pairs: Sequence[tuple[int, int]] | Tensor | None = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Events bit-packed for storage: uint8 ``[B, 2*H*W]``, row ``b`` = ``np.packbits`` of sample
+    ``b``'s ``[8, 2, H, W]`` events (big-endian), the payload of
+    :func:`i2e_train.data.formats.pack_events` (see ``formats.encode_packed``)."""
+    _check_images(images)
+    ratio = _check_ratio(ratio)
+    batch, _, height, width = images.shape
+    pairs_checked = _checked_pairs(order, pairs, batch)
+    if _resolve_backend(backend, images.device) == "triton":
+        from . import i2e_triton
+
+        if (height * width) % 8 == 0:
+            return i2e_triton.convert(images, ratio, pairs_checked, packed=True)
+        # A byte would straddle two event planes: convert, then pack.
+        events = i2e_triton.convert(images, ratio, pairs_checked, torch.uint8)
+    else:
+        events = _convert_torch(images, ratio, pairs_checked, torch.uint8)
+    return packbits(events.transpose(0, 1).reshape(batch, -1))
+
+
+def packbits(bits_BN: Tensor) -> Tensor:
+    """``np.packbits(..., bitorder="big")`` of each row of a 0/1 tensor ``[B, N]``, on its device."""
+    if bits_BN.device.type == "cpu":
+        return torch.from_numpy(np.packbits(bits_BN.to(torch.uint8).numpy(), axis=1, bitorder="big"))
+    return _packbits_torch(bits_BN)
+
+
+def _packbits_torch(bits_BN: Tensor) -> Tensor:
+    batch, n = bits_BN.shape
+    bits_BN = bits_BN.to(torch.uint8)
+    if n % 8:
+        bits_BN = nn.functional.pad(bits_BN, (0, 8 - n % 8))
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=bits_BN.device)
+    # Sums of distinct powers of two below 256: exact in uint8.
+    return (bits_BN.view(batch, -1, 8) * weights).sum(-1, dtype=torch.uint8)
+
+
+def _checked_pairs(
+    order: str | Sequence[int], pairs: Sequence[tuple[int, int]] | Tensor | None, batch: int
+) -> tuple[tuple[int, int], ...] | Tensor:
+    """8 shared (from, to) pairs, or validated per-sample pairs ``[8, B, 2]`` (int64)."""
+    if isinstance(pairs, Tensor) and pairs.ndim == 3:
+        return _check_pair_tensor(pairs, batch)
+    if pairs is None:
+        return fixed_pairs(order)
+    resolve_order(order)  # still reject a bad order even though it is unused
+    return _check_pair_list(pairs.tolist() if isinstance(pairs, Tensor) else pairs)
+
+
+def _convert_torch(
+    images: Tensor, ratio: float, pairs: tuple[tuple[int, int], ...] | Tensor, dtype: torch.dtype
+) -> Tensor:
+    """The reference path: a handful of whole-tensor torch ops per timestep."""
     batch, _, height, width = images.shape
     device = images.device
-
-    per_sample = isinstance(pairs, Tensor) and pairs.ndim == 3
-    if per_sample:
-        pairs_TB2 = _check_pair_tensor(pairs, batch)
-    else:
-        if pairs is None:
-            pair_list = fixed_pairs(order)
-        else:
-            resolve_order(order)  # still reject a bad order even though it is unused
-            pair_list = _check_pair_list(pairs.tolist() if isinstance(pairs, Tensor) else pairs)
-
+    per_sample = isinstance(pairs, Tensor)
     if batch == 0:  # aminmax below has nothing to reduce over
         return torch.zeros((NUM_STEPS, 0, 2, height, width), dtype=dtype, device=device)
 
@@ -227,7 +321,8 @@ def i2e_convert(
 
     vpad_BHW = nn.functional.pad(v_BHW.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
     events_TBCHW = torch.empty((NUM_STEPS, batch, 2, height, width), dtype=dtype, device=device)
-    dv_BHW = torch.empty((batch, height, width), dtype=torch.float32, device=device)
+    staged = dtype == torch.float32  # see the loop below
+    dv_BHW = None if staged else torch.empty((batch, height, width), dtype=torch.float32, device=device)
 
     if per_sample:
         # All 9 shifts as a zero-copy view [B, 3, 3, H, W]; each sample then
@@ -235,10 +330,10 @@ def i2e_convert(
         shifts_B33HW = vpad_BHW.unfold(1, height, 1).unfold(2, width, 1)
         rc_4TB = torch.stack(
             (
-                (pairs_TB2[..., 1] - 1) // 3,
-                (pairs_TB2[..., 1] - 1) % 3,
-                (pairs_TB2[..., 0] - 1) // 3,
-                (pairs_TB2[..., 0] - 1) % 3,
+                (pairs[..., 1] - 1) // 3,
+                (pairs[..., 1] - 1) % 3,
+                (pairs[..., 0] - 1) // 3,
+                (pairs[..., 0] - 1) % 3,
             )
         )
         if device.type == "cuda" and rc_4TB.device.type == "cpu":
@@ -246,19 +341,29 @@ def i2e_convert(
         rc_4TB = rc_4TB.to(device, non_blocking=True)
         b_idx = torch.arange(batch, device=device)
 
+    # float32 events can hold the differences themselves: each dV goes into its OFF slot, then two
+    # comparisons over all timesteps finish the job (10 whole-tensor ops instead of 24, no extra
+    # buffer; fewer ops also suffer less from a busy CPU).
     for t in range(NUM_STEPS):
         if per_sample:
             to_r, to_c, from_r, from_c = rc_4TB[:, t]
             v_to = shifts_B33HW[b_idx, to_r, to_c]
             v_from = shifts_B33HW[b_idx, from_r, from_c]
         else:
-            p_from, p_to = pair_list[t]
+            p_from, p_to = pairs[t]
             (fr, fc), (tr, tc) = _position_rc(p_from), _position_rc(p_to)
             v_to = vpad_BHW[:, tr : tr + height, tc : tc + width]
             v_from = vpad_BHW[:, fr : fr + height, fc : fc + width]
+        if staged:
+            torch.sub(v_to, v_from, out=events_TBCHW[t, :, 1])
+            continue
         torch.sub(v_to, v_from, out=dv_BHW)
         torch.ge(dv_BHW, on_th_B11, out=events_TBCHW[t, :, 0])
         torch.lt(dv_BHW, off_lt_B11, out=events_TBCHW[t, :, 1])
+    if staged:
+        dv_TBHW = events_TBCHW[:, :, 1]
+        torch.ge(dv_TBHW, on_th_B11, out=events_TBCHW[:, :, 0])
+        dv_TBHW.lt_(off_lt_B11)
     return events_TBCHW
 
 
@@ -279,8 +384,12 @@ class I2E(nn.Module):
         per_sample: bool = False,
         seed: int = 0,
         dtype: torch.dtype = torch.float32,
+        backend: str = "auto",
     ) -> None:
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown I2E backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        self.backend = backend
         self.ratio = _check_ratio(ratio)
         self.order = resolve_order(order)
         self._order_label = _order_label(order)
@@ -316,7 +425,13 @@ class I2E(nn.Module):
         pairs = None
         if self.training and self.random_vectors:
             pairs = self.sample_pairs(images.shape[0])
-        return i2e_convert(images, self.ratio, self.order, pairs=pairs, dtype=self.dtype)
+        return i2e_convert(
+            images, self.ratio, self.order, pairs=pairs, dtype=self.dtype, backend=self.backend
+        )
+
+    def resolved_backend(self, device: torch.device | str) -> str:
+        """The backend ``auto`` resolves to for tensors on ``device`` (``torch`` or ``triton``)."""
+        return _resolve_backend(self.backend, torch.device(device))
 
     def manual_seed(self, seed: int) -> None:
         """Reseed the pair generator (the trainer derives a seed per step for exact resume)."""
@@ -334,7 +449,7 @@ class I2E(nn.Module):
         return (
             f"ratio={self.ratio}, order={self._order_label}, "
             f"random_vectors={self.random_vectors}, per_sample={self.per_sample}, "
-            f"seed={self.seed}, dtype={self.dtype}"
+            f"seed={self.seed}, dtype={self.dtype}, backend={self.backend}"
         )
 
 

@@ -21,8 +21,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from . import checkpoint, distributed, engine
+from . import checkpoint, distributed, engine, speed
 from .data import DataBundle
+from .data.device_transforms import PRESETS, build_device_augment
 from .data.sampler import EpochSampler, SeededDataset, mix_seed
 from .errors import CheckpointError, UserError
 from .monitor import MetricsWriter, log
@@ -47,6 +48,14 @@ class TrainerOptions:
     sync_batchnorm: bool = False
     preview_samples: int = 8
     firing_rate_batches: int = 2
+    # Speed (i2e_train.speed, docs/benchmarks.md).
+    neuron_precision: str = "auto"
+    channels_last: bool = False
+    cudnn_benchmark: bool = True
+    compile: bool = False
+    memopt: int = 0
+    device_augment: str | None = None
+    device_augment_size: int | None = None
 
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size"):
@@ -61,6 +70,17 @@ class TrainerOptions:
         for key in ("preview_samples", "firing_rate_batches"):
             if getattr(self, key) < 0:
                 raise UserError(f"trainer.{key} must be >= 0, got {getattr(self, key)}")
+        speed.resolve_neuron_precision(self.neuron_precision, torch.device("cpu"), None)
+        if self.memopt not in speed.MEMOPT_LEVELS:
+            raise UserError(f"trainer.memopt must be 0 (off) or 1 (checkpointing), got {self.memopt}")
+        if self.device_augment is not None and self.device_augment not in PRESETS:
+            raise UserError(
+                f"trainer.device_augment must be null or one of {', '.join(PRESETS)}, got '{self.device_augment}'"
+            )
+        if self.device_augment_size is not None and self.device_augment_size < 1:
+            raise UserError(
+                f"trainer.device_augment_size must be null or >= 1, got {self.device_augment_size}"
+            )
 
 
 class StopRequested:
@@ -127,6 +147,8 @@ class Trainer:
                 f"{dist.world_size} processes; choose a multiple of {dist.world_size}"
             )
         self.model = model
+        if batch_transform is None and options.device_augment is not None:
+            batch_transform = build_device_augment(options.device_augment, options.device_augment_size, seed)
         self.batch_transform = batch_transform
         self.events_transform = events_transform
         self.callbacks = list(callbacks or [])
@@ -143,7 +165,8 @@ class Trainer:
         self.config = config or {}
         self.device = dist.device
         self.scaler = torch.amp.GradScaler(self.device.type) if amp.dtype == torch.float16 else None
-        self.train_model = distributed.wrap_model(model, dist)
+        speed.configure_backends(self.device, options.cudnn_benchmark)
+        self._first_step_logged = False
         self.ckpt_dir = run_dir / "checkpoints"
         self.metrics = MetricsWriter(run_dir, enabled=dist.is_main, tensorboard=options.tensorboard)
         self.start_epoch = 0  # completed epochs
@@ -165,6 +188,24 @@ class Trainer:
         )
         val_batch = options.val_batch_size or self.per_rank_batch
         self.val_loader = self._loader(data.val, data.val_transform, self.val_sampler, val_batch)
+        if options.memopt:
+            self._apply_memopt(options.memopt)
+        self.train_model = distributed.wrap_model(model, dist)
+        if options.compile:
+            self.train_model = speed.compile_model(self.train_model)
+
+    def _apply_memopt(self, level: int) -> None:
+        """SpikingJelly memopt, probed with a batch of the first training sample (on every rank)."""
+        from .models.ms_resnet import MSBasicBlock
+
+        sample, _ = SeededDataset(self.data.train, self.data.train_transform)[(0, 0)]
+        batch = torch.as_tensor(sample)[None].expand(self.per_rank_batch, *sample.shape).to(self.device)
+        if self.batch_transform is not None:
+            batch, _ = self.batch_transform(batch, torch.zeros(batch.shape[0], dtype=torch.long))
+        with torch.no_grad(), self.amp.autocast():
+            events = engine.to_events(batch, self.converter, self.amp.dtype or torch.float32)
+        wrapped = speed.apply_memopt(self.model, events, level, (MSBasicBlock,), self.amp.autocast)
+        log.info("memopt level %d: %d residual blocks checkpointed", level, wrapped)
 
     def _loader(self, dataset: Any, transform: Any, sampler: EpochSampler, batch_size: int) -> DataLoader:
         workers = self.opt.num_workers
@@ -289,6 +330,7 @@ class Trainer:
             log.info("nothing to do: the run already completed %d of %d epochs", self.start_epoch, opt.epochs)
             return {}
         self.scheduler.step(self.start_epoch)
+        self._log_speed_settings()
         for cb in self.callbacks:
             cb.on_fit_start(self)
         last_row: dict[str, Any] = {}
@@ -336,10 +378,18 @@ class Trainer:
             events_transform=self.events_transform,
         )
         reseed = getattr(self.converter, "manual_seed", None)
+        reseed_aug = getattr(self.batch_transform, "manual_seed", None)
 
         def run(inputs: torch.Tensor, labels: torch.Tensor, index: int) -> engine.StepResult:
             if reseed is not None:
                 reseed(mix_seed(self.seed, epoch, index, self.dist.rank, 0x12E))
+            if reseed_aug is not None:
+                reseed_aug(mix_seed(self.seed, epoch, index, self.dist.rank, 0xA06))
+            if not self._first_step_logged:
+                # SpikingJelly picks its LIF kernel on the first CUDA call: log its own account.
+                self._first_step_logged = True
+                with speed.spikingjelly_log(_log_selection):
+                    return step(inputs, labels)
             return step(inputs, labels)
 
         return run
@@ -456,6 +506,21 @@ class Trainer:
             return None
         return row
 
+    def _log_speed_settings(self) -> None:
+        opt = self.opt
+        kernel = speed.lif_kernel(self.model, self.device, self.amp.dtype, compiled=opt.compile)
+        log.info(
+            "LIF kernel: %s | channels_last %s, compile %s, cudnn.benchmark %s, memopt %d, "
+            "device augment %s, I2E backend %s",
+            kernel,
+            opt.channels_last,
+            opt.compile,
+            opt.cudnn_benchmark and self.device.type == "cuda",
+            opt.memopt,
+            self.batch_transform if self.batch_transform is not None else "none",
+            getattr(self.converter, "resolved_backend", lambda d: "n/a")(self.device),
+        )
+
     def _log_stop(self, where: str) -> None:
         log.info(
             "received %s: stopped at %s, checkpoint written to %s; continue with resume=auto",
@@ -470,6 +535,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     # checkpoints, so workers must not die first (that would be a DataLoader error, not a stop).
     for sig in StopRequested.SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+def _log_selection(line: str) -> None:
+    if "selection" in line:
+        log.info("spikingjelly: %s", line)
 
 
 def _take(iterable: Any, n: int) -> Any:

@@ -28,10 +28,24 @@ def pack_events(events_TCHW: Tensor | np.ndarray) -> bytes:
         if arr.size and not np.isin(arr, (0, 1)).all():
             raise ValueError("pack_events expects binary events (values 0 or 1)")
         arr = arr.astype(np.bool_)
-    header = np.asarray(arr.shape, dtype="<u2").view(np.uint8)
-    payload = np.concatenate([header, np.packbits(arr.reshape(-1), bitorder="big")])
+    return encode_packed(np.packbits(arr.reshape(-1), bitorder="big"), arr.shape)
+
+
+def encode_packed(bits: Tensor | np.ndarray, shape: tuple[int, ...]) -> bytes:
+    """Published-format bytes from events that are already bit-packed (big-endian), e.g. a row of
+    :func:`i2e_train.i2e.i2e_pack` computed on the GPU; ``shape`` is the events' ``(T, C, H, W)``."""
+    packed = bits.detach().cpu().numpy() if isinstance(bits, Tensor) else np.asarray(bits)
+    shape = tuple(int(d) for d in shape)
+    if len(shape) != 4 or any(not 0 <= d <= 0xFFFF for d in shape):
+        raise ValueError(f"encode_packed: shape must be 4 dimensions that fit in uint16, got {shape}")
+    if packed.dtype != np.uint8 or packed.ndim != 1 or packed.size != (math.prod(shape) + 7) // 8:
+        raise ValueError(
+            f"encode_packed: expected {(math.prod(shape) + 7) // 8} packed uint8 bytes for shape {shape}, "
+            f"got {packed.dtype} {packed.shape}"
+        )
+    header = np.asarray(shape, dtype="<u2").view(np.uint8)
     buf = io.BytesIO()
-    np.save(buf, payload, allow_pickle=False)
+    np.save(buf, np.concatenate([header, packed]), allow_pickle=False)
     return buf.getvalue()
 
 

@@ -138,3 +138,44 @@ def build_converter(cfg: DictConfig, bundle: DataBundle, seed: int, amp: AmpSett
         )
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"invalid i2e settings: {e}") from None
+
+
+def build_batch_transform(cfg: DictConfig, bundle: DataBundle) -> Any:
+    """Mixup/CutMix on the device batch (``extras.*``), or None when both are off (the default)."""
+    from .data.transforms import MixBatch
+
+    values = section(cfg, "extras")
+    mixup, cutmix = float(values.get("mixup_alpha") or 0.0), float(values.get("cutmix_alpha") or 0.0)
+    if mixup <= 0 and cutmix <= 0:
+        return None
+    try:
+        return MixBatch(
+            bundle.num_classes,
+            mixup_alpha=mixup,
+            cutmix_alpha=cutmix,
+            prob=float(values.get("mix_prob", 1.0)),
+            switch_prob=float(values.get("switch_prob", 0.5)),
+        )
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def build_events_transform(cfg: DictConfig) -> Any:
+    """Random temporal subsets in training (``extras.t_train``), or None (the default: all timesteps)."""
+    from .data.transforms import TemporalSubset
+
+    values = section(cfg, "extras")
+    t_train = values.get("t_train")
+    if t_train is None:
+        return None
+    if not isinstance(t_train, int) or isinstance(t_train, bool) or t_train < 1:
+        raise UserError(f"extras.t_train must be null or a number of timesteps >= 1, got {t_train!r}")
+    return TemporalSubset(t_train, contiguous=bool(values.get("t_train_contiguous", False)))
+
+
+def build_callbacks(bundle: DataBundle) -> list[Any]:
+    """Callbacks the data needs: the end-of-epoch report of skipped unreadable samples."""
+    from .data.corrupt import CorruptGuard, SkippedSamplesReport
+
+    guards = [d for d in (bundle.train, bundle.val) if isinstance(d, CorruptGuard) and d.skip]
+    return [SkippedSamplesReport(guards)] if guards else []

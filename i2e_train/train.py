@@ -20,6 +20,7 @@ PROG = "i2e-train"
 
 @cli.guard(PROG)
 def run(cfg: DictConfig) -> None:
+    _check_init_from(cfg)
     # Heavy imports here, so that a mistyped command line is answered at once.
     import torch
     from timm.optim import create_optimizer_v2
@@ -76,7 +77,10 @@ def run(cfg: DictConfig) -> None:
             run_dir=run_dir,
             seed=seed,
             config=OmegaConf.to_container(cfg, resolve=True),
-            callbacks=default_callbacks(opts.preview_samples, opts.firing_rate_batches),
+            batch_transform=builders.build_batch_transform(cfg, data),
+            events_transform=builders.build_events_transform(cfg),
+            callbacks=default_callbacks(opts.preview_samples, opts.firing_rate_batches)
+            + builders.build_callbacks(data),
         )
         trainer.restore(cfg.resume, cfg.init_from)
         log.info(
@@ -95,6 +99,18 @@ def run(cfg: DictConfig) -> None:
         trainer.fit()
     finally:
         distributed.cleanup()
+
+
+def _check_init_from(cfg: DictConfig) -> None:
+    """Transfer presets set ``requires_init_from`` (what to start from): a run needs ``init_from``
+    unless it resumes an existing checkpoint."""
+    needed = cfg.get("requires_init_from")
+    if not needed or cfg.get("init_from"):
+        return
+    resume = cfg.get("resume")
+    if resume and (resume != "auto" or (Path(cfg.run_dir) / "checkpoints" / "last.pt").exists()):
+        return
+    raise UserError(f"this preset fine-tunes a pretrained network: give init_from=PATH, {needed}")
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

@@ -379,12 +379,16 @@ class Trainer:
         )
         reseed = getattr(self.converter, "manual_seed", None)
         reseed_aug = getattr(self.batch_transform, "manual_seed", None)
+        # Random temporal subsets (extras.t_train) are reseeded the same way.
+        reseed_events = getattr(self.events_transform, "manual_seed", None)
 
         def run(inputs: torch.Tensor, labels: torch.Tensor, index: int) -> engine.StepResult:
             if reseed is not None:
                 reseed(mix_seed(self.seed, epoch, index, self.dist.rank, 0x12E))
             if reseed_aug is not None:
                 reseed_aug(mix_seed(self.seed, epoch, index, self.dist.rank, 0xA06))
+            if reseed_events is not None:
+                reseed_events(mix_seed(self.seed, epoch, index, self.dist.rank, 0xE7E5))
             if not self._first_step_logged:
                 # SpikingJelly picks its LIF kernel on the first CUDA call: log its own account.
                 self._first_step_logged = True

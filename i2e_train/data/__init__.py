@@ -63,4 +63,4 @@ def build_datasets(name: str, **kwargs: Any) -> DataBundle:
 
 def _load_builtin() -> None:
     # Importing the modules registers their builders.
-    from . import digits, folders  # noqa: F401
+    from . import digits, dvs, folders, preconverted, torchvision_sets  # noqa: F401

@@ -1,40 +1,163 @@
-"""Image folders: ``root/train/<class>/*.jpg`` and ``root/val/<class>/*.jpg`` (torchvision ImageFolder)."""
+"""Image class folders: ImageNet, Caltech-101/256, Mini-ImageNet and your own (``image_folder``).
+
+Layout: ``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (torchvision ImageFolder;
+any extension PIL reads). Datasets that ship without a split (Caltech) or folders you give as one
+``root/<class>/<image>`` tree are split per class with ``val_fraction`` from ``split_seed``.
+Every image is decoded to RGB and goes through the photo pipelines of :mod:`.transforms`.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
-import torch
+import numpy as np
+from PIL import Image
+from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
-from torchvision.transforms import InterpolationMode, v2
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from . import DataBundle, register
+from .corrupt import CorruptGuard, UnreadableSampleError, describe
+from .transforms import eval_transform, train_transform
+
+IMAGENET_VAL_HINT = (
+    "this is the raw ILSVRC2012 validation download; sort the images into one folder per class "
+    "(val/n01440764/ILSVRC2012_val_00000293.JPEG, ...) using the devkit's ground-truth labels, e.g. "
+    "with the widely used valprep.sh run inside val/"
+)
 
 
-def _split_dir(root: str | None, split: str, dataset: str) -> Path:
+def read_image(path: str) -> Image.Image:
+    """Decode an image file to RGB; any failure names the file."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
+        raise UnreadableSampleError(f"cannot read image '{path}' ({describe(e)})") from None
+
+
+class ClassFolder(ImageFolder):
+    """torchvision ImageFolder with our image reader and optional excluded class folders."""
+
+    def __init__(self, root: str | Path, exclude: tuple[str, ...] = ()) -> None:
+        self.exclude = set(exclude)
+        super().__init__(str(root), loader=read_image)
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and e.name not in self.exclude)
+        if not classes:
+            raise FileNotFoundError(
+                f"no class folders in '{directory}' (expected {directory}/<class>/<image>)"
+            )
+        return classes, {c: i for i, c in enumerate(classes)}
+
+
+def check_class_layout(folder: Path, dataset: str, hint: str = "") -> None:
+    """A folder of images without class sub-folders is a layout mistake, not a 1-class dataset."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{dataset}: '{folder}' does not exist; expected {folder}/<class>/<image>")
+    has_dirs, images = False, 0
+    with os.scandir(folder) as entries:
+        for e in entries:
+            if e.is_dir():
+                has_dirs = True
+                break
+            if e.name.lower().endswith(IMG_EXTENSIONS):
+                images += 1
+    if not has_dirs:
+        found = f"{images} images directly" if images else "no class folders"
+        raise ValueError(
+            f"{dataset}: '{folder}' holds {found} but class folders {folder}/<class>/<image> are expected"
+            + (f"; {hint}" if hint else "")
+        )
+
+
+def split_per_class(dataset: ImageFolder, val_fraction: float, seed: int) -> tuple[Subset[Any], Subset[Any]]:
+    """Stratified train/val split of one folder tree (each class keeps ``val_fraction`` for validation)."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"dataset.val_fraction must be between 0 and 1, got {val_fraction}")
+    targets = np.asarray(dataset.targets)
+    rng = np.random.default_rng(seed)
+    train_idx, val_idx = [], []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        val_idx += idx[:n_val].tolist()
+        train_idx += idx[n_val:].tolist()
+    return Subset(dataset, sorted(train_idx)), Subset(dataset, sorted(val_idx))
+
+
+def load_class_folders(
+    root: str | None,
+    dataset: str,
+    *,
+    val_fraction: float | None = None,
+    split_seed: int = 0,
+    exclude: tuple[str, ...] = (),
+    unsplit_dirs: tuple[str, ...] = (),
+    val_hint: str = "",
+) -> tuple[Any, Any, list[str]]:
+    """``root/train`` + ``root/val`` class folders; else (with ``val_fraction``) one class-folder tree
+    — the first of ``unsplit_dirs`` under root that exists, or root itself — split per class."""
     if not root:
         raise ValueError(
             f"dataset.root is not set; point it at the folder holding train/ and val/ for {dataset}"
         )
-    path = Path(root).expanduser() / split
-    if not path.is_dir():
+    base = Path(root).expanduser()
+    if not base.is_dir():
+        raise FileNotFoundError(f"{dataset}: dataset.root '{base}' does not exist")
+    if (base / "train").is_dir():
+        check_class_layout(base / "train", dataset)
+        val_dir = base / "val"
+        if not val_dir.is_dir():
+            raise FileNotFoundError(
+                f"{dataset}: '{val_dir}' does not exist; expected {base}/val/<class>/<image> next to train/"
+            )
+        check_class_layout(val_dir, dataset, val_hint)
+        train, val = ClassFolder(base / "train", exclude), ClassFolder(val_dir, exclude)
+        if train.classes != val.classes:
+            only = sorted(set(train.classes) ^ set(val.classes))
+            raise ValueError(
+                f"{dataset}: train/ and val/ need the same class folders; '{only[0]}' is in only one of them "
+                f"({len(only)} differ)"
+            )
+        return train, val, list(train.classes)
+    tree = next((base / d for d in unsplit_dirs if (base / d).is_dir()), base)
+    if val_fraction is None:
         raise FileNotFoundError(
-            f"{dataset}: '{path}' does not exist; expected {root}/{split}/<class>/<image>"
+            f"{dataset}: '{base}' has no train/ folder; give train/<class>/<image> and val/<class>/<image>, "
+            "or set dataset.val_fraction to split one class-folder tree"
         )
-    return path
+    check_class_layout(tree, dataset)
+    full = ClassFolder(tree, exclude)
+    train, val = split_per_class(full, val_fraction, split_seed)
+    return train, val, list(full.classes)
 
 
-def uint8_pipeline(image_size: int, train: bool) -> v2.Compose:
-    """PIL image -> uint8 ``[3, S, S]``: resize (bilinear, antialiased), horizontal flip in training."""
-    steps: list = [
-        v2.PILToTensor(),
-        v2.RGB(),
-        v2.Resize((image_size, image_size), interpolation=InterpolationMode.BILINEAR, antialias=True),
-    ]
-    if train:
-        steps.append(v2.RandomHorizontalFlip())
-    steps.append(v2.ToDtype(torch.uint8))
-    return v2.Compose(steps)
+def photo_bundle(
+    train: Any,
+    val: Any,
+    classes: list[str],
+    *,
+    image_size: int,
+    augment: str,
+    interpolation: str,
+    eval_resize: int | None,
+    hflip: bool,
+    skip_corrupt: bool,
+) -> DataBundle:
+    kw = {"style": "photo", "interpolation": interpolation, "eval_resize": eval_resize}
+    return DataBundle(
+        train=CorruptGuard(train, skip_corrupt, "train"),
+        val=CorruptGuard(val, skip_corrupt, "val"),
+        num_classes=len(classes),
+        train_transform=train_transform(augment, image_size, hflip=hflip, **kw),
+        val_transform=eval_transform(image_size, **kw),
+        class_names=classes,
+    )
 
 
 @register("image_folder")
@@ -42,20 +165,108 @@ def build_image_folder(
     root: str | None = None,
     image_size: int = 224,
     num_classes: int | None = None,
+    augment: str = "baseline2",
+    interpolation: str = "bilinear",
+    eval_resize: int | None = None,
+    hflip: bool = True,
+    val_fraction: float | None = None,
+    split_seed: int = 0,
+    skip_corrupt: bool = False,
 ) -> DataBundle:
-    train = ImageFolder(str(_split_dir(root, "train", "image_folder")))
-    val = ImageFolder(str(_split_dir(root, "val", "image_folder")))
-    if train.classes != val.classes:
-        raise ValueError(
-            f"image_folder: train/ has classes {train.classes[:5]}... but val/ has {val.classes[:5]}...; "
-            "both need the same class folders"
-        )
     del num_classes  # checked against the data by the caller
-    return DataBundle(
-        train=train,
-        val=val,
-        num_classes=len(train.classes),
-        train_transform=uint8_pipeline(image_size, train=True),
-        val_transform=uint8_pipeline(image_size, train=False),
-        class_names=list(train.classes),
+    train, val, classes = load_class_folders(
+        root, "image_folder", val_fraction=val_fraction, split_seed=split_seed
     )
+    return photo_bundle(
+        train,
+        val,
+        classes,
+        image_size=image_size,
+        augment=augment,
+        interpolation=interpolation,
+        eval_resize=eval_resize,
+        hflip=hflip,
+        skip_corrupt=skip_corrupt,
+    )
+
+
+@register("imagenet")
+def build_imagenet(
+    root: str | None = None,
+    image_size: int = 224,
+    num_classes: int | None = 1000,
+    augment: str = "baseline2",
+    interpolation: str = "bilinear",
+    eval_resize: int | None = 256,
+    hflip: bool = True,
+    skip_corrupt: bool = False,
+) -> DataBundle:
+    del num_classes
+    if root and not (Path(root).expanduser() / "train").is_dir() and Path(root).expanduser().is_dir():
+        raise FileNotFoundError(
+            f"imagenet: '{Path(root).expanduser() / 'train'}' does not exist; expected "
+            f"{root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG"
+        )
+    train, val, classes = load_class_folders(root, "imagenet", val_hint=IMAGENET_VAL_HINT)
+    return photo_bundle(
+        train,
+        val,
+        classes,
+        image_size=image_size,
+        augment=augment,
+        interpolation=interpolation,
+        eval_resize=eval_resize,
+        hflip=hflip,
+        skip_corrupt=skip_corrupt,
+    )
+
+
+def _catalog_builder(name: str, unsplit_dirs: tuple[str, ...], exclude: tuple[str, ...] = ()) -> None:
+    """A dataset of the paper's catalog stored as class folders (224 px, ratio 0.12)."""
+
+    def build(
+        root: str | None = None,
+        image_size: int = 224,
+        num_classes: int | None = None,
+        augment: str = "baseline2",
+        interpolation: str = "bilinear",
+        eval_resize: int | None = None,
+        hflip: bool = True,
+        val_fraction: float | None = 0.2,
+        split_seed: int = 0,
+        skip_corrupt: bool = False,
+    ) -> DataBundle:
+        del num_classes
+        train, val, classes = load_class_folders(
+            root,
+            name,
+            val_fraction=val_fraction,
+            split_seed=split_seed,
+            exclude=exclude,
+            unsplit_dirs=unsplit_dirs,
+        )
+        return photo_bundle(
+            train,
+            val,
+            classes,
+            image_size=image_size,
+            augment=augment,
+            interpolation=interpolation,
+            eval_resize=eval_resize,
+            hflip=hflip,
+            skip_corrupt=skip_corrupt,
+        )
+
+    build.__name__ = f"build_{name}"
+    register(name)(build)
+
+
+# Caltech-101: the official archive's 101_ObjectCategories/ (or torchvision's caltech101/ folder);
+# BACKGROUND_Google is not an object class (torchvision drops it too): 101 classes.
+_catalog_builder(
+    "caltech101", ("101_ObjectCategories", "caltech101/101_ObjectCategories"), exclude=("BACKGROUND_Google",)
+)
+# Caltech-256: 256_ObjectCategories/ with 257 folders (256 objects + 257.clutter), as torchvision.
+_catalog_builder("caltech256", ("256_ObjectCategories", "caltech256/256_ObjectCategories"))
+# Mini-ImageNet (100 classes): train/ + val/ class folders, or one tree of class folders (images/).
+_catalog_builder("mini_imagenet", ("images",))

@@ -6,7 +6,9 @@ everything needed to continue a run exactly where it stopped.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import multiprocessing
 import os
 import signal
 import time
@@ -209,6 +211,9 @@ class Trainer:
 
     def _loader(self, dataset: Any, transform: Any, sampler: EpochSampler, batch_size: int) -> DataLoader:
         workers = self.opt.num_workers
+        if workers > 0:
+            atexit.unregister(_kill_leftover_workers)  # once, however many loaders
+            atexit.register(_kill_leftover_workers)
         return DataLoader(
             SeededDataset(dataset, transform),
             batch_size=batch_size,
@@ -532,6 +537,18 @@ class Trainer:
             where,
             self.ckpt_dir / "last.pt",
         )
+
+
+def _kill_leftover_workers() -> None:
+    # Workers ignore SIGTERM (below). multiprocessing's exit handler stops daemonic children with
+    # SIGTERM and then joins them, so a run ending in an exception while workers are alive (an
+    # unreadable file, a crash) would wait forever. atexit runs this first (it is registered later).
+    children = [c for c in multiprocessing.active_children() if c.daemon]
+    if children and hasattr(signal, "SIGCHLD"):
+        # The DataLoader's SIGCHLD handler would report these deliberate kills as worker failures.
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in children:
+        child.kill()
 
 
 def _ignore_stop_signals(_worker_id: int) -> None:

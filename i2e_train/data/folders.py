@@ -67,10 +67,10 @@ def check_class_layout(folder: Path, dataset: str, hint: str = "") -> None:
             if e.name.lower().endswith(IMG_EXTENSIONS):
                 images += 1
     if not has_dirs:
-        found = f"{images} images directly" if images else "no class folders"
+        found = f"holds {images} images directly but" if images else "has no class folders;"
         raise ValueError(
-            f"{dataset}: '{folder}' holds {found} but class folders {folder}/<class>/<image> are expected"
-            + (f"; {hint}" if hint else "")
+            f"{dataset}: '{folder}' {found} class folders {folder}/<class>/<image> are expected"
+            + (f"; {hint}" if hint and images else "")
         )
 
 

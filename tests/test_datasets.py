@@ -376,3 +376,31 @@ def test_bicubic_option_and_unknown_values(tmp_path):
         )
     with pytest.raises(ValueError, match="dataset.augment must be one of baseline1, baseline2, none"):
         build_datasets("cifar10", root=str(tmp_path), verify_md5=False, download=False, augment="heavy")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npz"])
+def test_i2e_convert_output_trains_as_a_preconverted_dataset(tmp_path, fmt):
+    from i2e_train.data.export import ConvertOptions, convert
+    from i2e_train.i2e import i2e_convert
+
+    digits = build_datasets("digits")
+    options = ConvertOptions(output=str(tmp_path), format=fmt, num_workers=0, progress=False, shard_size=500)
+    convert(
+        digits,
+        options=options,
+        dataset_name="digits",
+        dataset_root=None,
+        image_size=32,
+        ratio=0.10,
+        order="gamma_alpha_beta",
+    )
+    name = "i2e_parquet" if fmt == "parquet" else "i2e_npz"
+    b = build_datasets(name, root=str(tmp_path), image_size=32, num_classes=10)
+    assert b.events and (len(b.train), len(b.val)) == (1437, 360)
+    for i in (0, 123, 359):
+        image, label = digits.val[i]
+        # parquet keeps the row order; npz files are named <label>/<row>.npz
+        k = i if fmt == "parquet" else [os.path.basename(p) for p, _ in b.val.samples].index(f"{i}.npz")
+        events, got_label = b.val[k]
+        assert got_label == label
+        assert torch.equal(events, i2e_convert(image[None], ratio=0.10, dtype=torch.bool)[:, 0])

@@ -85,10 +85,19 @@ def build_data(cfg: DictConfig) -> DataBundle:
     name = values.pop("name", None)
     if not name:
         raise UserError("dataset.name is not set; choose a dataset with dataset=<name>")
+    device_augment = OmegaConf.select(cfg, "trainer.device_augment") is not None
+    if device_augment and "augment" in values:
+        # The batch is augmented on the device: the loader ships the stored images unaugmented.
+        values["augment"] = "device"
     try:
         bundle = build_datasets(name, **values)
     except (ValueError, FileNotFoundError) as e:
         raise UserError(str(e)) from None
+    if device_augment and bundle.events:
+        raise UserError(
+            f"trainer.device_augment augments images, but '{name}' already holds events; "
+            "set trainer.device_augment=null"
+        )
     declared = values.get("num_classes")
     if declared is not None and int(declared) != bundle.num_classes:
         raise UserError(
@@ -141,23 +150,33 @@ def build_converter(cfg: DictConfig, bundle: DataBundle, seed: int, amp: AmpSett
 
 
 def build_batch_transform(cfg: DictConfig, bundle: DataBundle) -> Any:
-    """Mixup/CutMix on the device batch (``extras.*``), or None when both are off (the default)."""
-    from .data.transforms import MixBatch
+    """What runs on the device batch before I2E: ``trainer.device_augment`` (pad/crop/resize/flip,
+    to ``trainer.device_augment_size`` or else ``dataset.image_size``), then mixup/CutMix
+    (``extras.*``); None when all are off (the default)."""
+    from .data.device_transforms import build_device_augment
+    from .data.transforms import ChainBatch, MixBatch
 
     values = section(cfg, "extras")
     mixup, cutmix = float(values.get("mixup_alpha") or 0.0), float(values.get("cutmix_alpha") or 0.0)
-    if mixup <= 0 and cutmix <= 0:
-        return None
-    try:
-        return MixBatch(
-            bundle.num_classes,
-            mixup_alpha=mixup,
-            cutmix_alpha=cutmix,
-            prob=float(values.get("mix_prob", 1.0)),
-            switch_prob=float(values.get("switch_prob", 0.5)),
-        )
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    mix = None
+    if mixup > 0 or cutmix > 0:
+        try:
+            mix = MixBatch(
+                bundle.num_classes,
+                mixup_alpha=mixup,
+                cutmix_alpha=cutmix,
+                prob=float(values.get("mix_prob", 1.0)),
+                switch_prob=float(values.get("switch_prob", 0.5)),
+            )
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    preset = OmegaConf.select(cfg, "trainer.device_augment")
+    size = OmegaConf.select(cfg, "trainer.device_augment_size") or OmegaConf.select(cfg, "dataset.image_size")
+    augment = build_device_augment(preset, size, int(cfg.get("seed", 0))) if preset is not None else None
+    parts = [t for t in (augment, mix) if t is not None]
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return ChainBatch(*parts)
 
 
 def build_events_transform(cfg: DictConfig) -> Any:

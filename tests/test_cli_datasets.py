@@ -105,6 +105,8 @@ def test_cifar10_and_mnist_runs(cli, tmp_path):
         "dataset.image_size=32",
         "dataset.verify_md5=false",  # our pickles are not the official files (see test_datasets.py)
         "dataset.download=false",
+        "trainer.device_augment=baseline2",  # Baseline-II on the device batch, then mixup
+        "extras.mixup_alpha=0.2",
         *_smoke(),
     )
     _ok(res)

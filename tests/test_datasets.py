@@ -404,3 +404,44 @@ def test_i2e_convert_output_trains_as_a_preconverted_dataset(tmp_path, fmt):
         events, got_label = b.val[k]
         assert got_label == label
         assert torch.equal(events, i2e_convert(image[None], ratio=0.10, dtype=torch.bool)[:, 0])
+
+
+def test_device_augment_gets_stored_size_images_and_chains_with_mixup(tmp_path):
+    from i2e_train import builders
+    from i2e_train.cli import precheck, register_resolvers
+    from i2e_train.data.transforms import ChainBatch
+
+    write_cifar10(tmp_path)
+    register_resolvers()
+    args = [
+        "dataset=cifar10",
+        f"dataset.root={tmp_path}",
+        "dataset.verify_md5=false",
+        "dataset.download=false",
+        "trainer.device_augment=baseline2",
+        "extras.mixup_alpha=0.4",
+    ]
+    cfg = precheck("train", args)
+    b = builders.build_data(cfg)
+    image, _ = b.train[0]
+    stored = b.train_transform(image)
+    assert stored.shape == (3, 32, 32) and torch.equal(stored, TF.pil_to_tensor(image))  # no CPU augmentation
+    assert b.val_transform(b.val[0][0]).shape == (3, 128, 128)
+    chain = builders.build_batch_transform(cfg, b)
+    assert isinstance(chain, ChainBatch) and len(chain.transforms) == 2
+    batch = torch.stack([b.train_transform(b.train[i][0]) for i in range(4)])
+    labels = torch.tensor([b.train[i][1] for i in range(4)])
+    chain.manual_seed(5)
+    x1, y1 = chain(batch, labels)
+    chain.manual_seed(5)
+    x2, y2 = chain(batch, labels)
+    assert (
+        x1.shape == (4, 3, 128, 128) and torch.equal(x1, x2) and torch.equal(y1, y2) and y1.shape == (4, 10)
+    )
+    events, labels = digit_events(12)
+    write_i2e_npz(tmp_path / "npz", events, labels, val=2)
+    args = ["dataset=i2e_npz", f"dataset.root={tmp_path / 'npz'}", "trainer.device_augment=baseline2"]
+    with pytest.raises(
+        UserError, match="trainer.device_augment augments images, but 'i2e_npz' already holds events"
+    ):
+        builders.build_data(precheck("train", args))

@@ -8,6 +8,9 @@ and map a PIL image or uint8 tensor to a uint8 tensor ``[3, S, S]``; I2E then ru
   random crop back to the native size, resize to ``S x S``, flip; for photographs
   (``style="photo"``: ImageNet, Caltech, Mini-ImageNet, your folders) random resized crop ``S``, flip.
 - ``none``: the evaluation pipeline.
+- ``device``: no CPU augmentation; images leave the loader at their stored size (CIFAR: 32x32) for
+  ``trainer.device_augment``, which pads, crops, resizes and flips the batch on the GPU
+  (``data/device_transforms.py``). Set automatically when ``trainer.device_augment`` is on.
 - Evaluation: ``small`` resizes to ``S x S`` (CIFAR: 128); ``photo`` resizes the shorter side to
   ``eval_resize`` (default ``S * 256 / 224``: 256 for 224) and centre-crops ``S``.
 
@@ -28,7 +31,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
-AUGMENTS = ("baseline1", "baseline2", "none")
+AUGMENTS = ("baseline1", "baseline2", "none", "device")
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 Style = Literal["small", "photo"]
 
@@ -86,6 +89,13 @@ def train_transform(
         raise ValueError(f"dataset.augment must be one of {', '.join(AUGMENTS)}, got '{augment}'")
     if augment == "none":
         return eval_transform(image_size, style=style, interpolation=interpolation, eval_resize=eval_resize)
+    if augment == "device":
+        if style != "small":
+            raise ValueError(
+                "trainer.device_augment needs images of one stored size (CIFAR, MNIST); photographs of "
+                "varying sizes are augmented in the loader: set trainer.device_augment=null"
+            )
+        return v2.Compose([*_decode(), v2.ToDtype(torch.uint8)])
     steps = _decode()
     if augment == "baseline1":
         steps.append(_resize_square(image_size, interpolation))
@@ -187,3 +197,26 @@ class TemporalSubset(_StepSeeded):
 
     def __call__(self, events_TBCHW: Tensor) -> Tensor:
         return events_TBCHW[self.indices(events_TBCHW.shape[0]).to(events_TBCHW.device)]
+
+
+class ChainBatch:
+    """Batch transforms applied in order (device augmentation, then mixup); each is reseeded from
+    the step's seed with its own salt."""
+
+    def __init__(self, *transforms: object) -> None:
+        self.transforms = [t for t in transforms if t is not None]
+
+    def manual_seed(self, seed: int) -> None:
+        from .sampler import mix_seed
+
+        for i, t in enumerate(self.transforms):
+            if hasattr(t, "manual_seed"):
+                t.manual_seed(mix_seed(seed, i))
+
+    def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        for t in self.transforms:
+            images, labels = t(images, labels)
+        return images, labels
+
+    def __repr__(self) -> str:
+        return " -> ".join(repr(t) for t in self.transforms)

@@ -17,6 +17,7 @@ def setup_logging(run_dir: Path | None, rank: int = 0, filename: str = "train.lo
     """INFO to stderr and ``run_dir/filename`` on rank 0; other ranks only report warnings."""
     # timm warns that a 1-epoch cosine schedule is constant; that is expected in smoke runs.
     logging.getLogger("timm").setLevel(logging.ERROR)
+    _route_spikingjelly_logs()
     log.handlers.clear()
     log.propagate = False
     log.setLevel(logging.INFO if rank == 0 else logging.WARNING)
@@ -33,6 +34,21 @@ def setup_logging(run_dir: Path | None, rank: int = 0, filename: str = "train.lo
         file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
         log.addHandler(file_handler)
     return log
+
+
+def _route_spikingjelly_logs() -> None:
+    """SpikingJelly logs through loguru, whose default sink writes raw lines to stderr. The lines
+    we want (its kernel selection) are re-emitted through our logger (``speed.spikingjelly_log``);
+    keep loguru's stderr sink for everything else."""
+    try:
+        from loguru import logger
+    except ImportError:  # pragma: no cover - loguru comes with SpikingJelly
+        return
+    try:
+        logger.remove(0)  # loguru's default stderr sink; absent if someone configured loguru already
+    except ValueError:
+        return
+    logger.add(sys.stderr, filter=lambda record: not record["name"].startswith("spikingjelly"))
 
 
 class MetricsWriter:

@@ -108,6 +108,8 @@ class SeededDataset(Dataset):
         sample, label = self.base[index]
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                # The CPU generator only: torch.manual_seed would also reseed (and leave changed)
+                # every CUDA generator.
+                torch.default_generator.manual_seed(seed)
                 sample = self.transform(sample)
         return sample, int(label)

@@ -198,3 +198,38 @@ def build_callbacks(bundle: DataBundle) -> list[Any]:
 
     guards = [d for d in (bundle.train, bundle.val) if isinstance(d, CorruptGuard) and d.skip]
     return [SkippedSamplesReport(guards)] if guards else []
+
+
+def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """timm's optimizer factory: ``sgd`` is Nesterov SGD without weight decay on 1-D parameters."""
+    from timm.optim import create_optimizer_v2, list_optimizers
+
+    values = section(cfg, "optim")
+    name = str(values.get("name", "sgd"))
+    if name not in list_optimizers():
+        raise UserError(f"optim.name '{name}' is not a timm optimizer (e.g. sgd, momentum, adamw)")
+    return create_optimizer_v2(
+        model,
+        opt=name,
+        lr=float(values["lr"]),
+        weight_decay=float(values.get("weight_decay", 0.0)),
+        momentum=float(values.get("momentum", 0.9)),
+    )
+
+
+def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
+    """Cosine from ``optim.lr`` to ``sched.lr_min`` over all epochs, stepped once per epoch (timm)."""
+    from timm.scheduler import CosineLRScheduler
+
+    values = section(cfg, "sched")
+    if values.get("name", "cosine") != "cosine":
+        raise UserError(f"sched.name must be cosine (the paper's schedule), got '{values.get('name')}'")
+    lr_min = float(values.get("lr_min", 0.0))
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=epochs,
+        lr_min=lr_min,
+        warmup_t=int(values.get("warmup_epochs", 0)),
+        warmup_lr_init=lr_min,
+        t_in_epochs=True,
+    )

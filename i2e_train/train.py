@@ -23,8 +23,6 @@ def run(cfg: DictConfig) -> None:
     _check_init_from(cfg)
     # Heavy imports here, so that a mistyped command line is answered at once.
     import torch
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import CosineLRScheduler
     from torch import nn
 
     from . import builders, distributed
@@ -52,18 +50,8 @@ def run(cfg: DictConfig) -> None:
             cfg, data.num_classes, dist.device, amp, sync_batchnorm=opts.sync_batchnorm and dist.distributed
         )
         converter = builders.build_converter(cfg, data, seed, amp)
-        optim, sched = cfg.optim, cfg.sched
-        optimizer = create_optimizer_v2(
-            model, opt=optim.name, lr=optim.lr, weight_decay=optim.weight_decay, momentum=optim.momentum
-        )
-        scheduler = CosineLRScheduler(
-            optimizer,
-            t_initial=opts.epochs,
-            lr_min=sched.lr_min,
-            warmup_t=sched.warmup_epochs,
-            warmup_lr_init=sched.lr_min,
-            t_in_epochs=True,
-        )
+        optimizer = builders.build_optimizer(cfg, model)
+        scheduler = builders.build_scheduler(cfg, optimizer, opts.epochs)
         trainer = Trainer(
             model=model,
             converter=converter,

@@ -90,9 +90,10 @@ class FiringRates(Callback):
         from .report import SpikeActivity
 
         # The DataLoader draws a base seed from the global RNG: keep the run's RNG stream unchanged.
+        # The plain model, as the trainer's own evaluation: no DDP collectives, hooks see every layer.
         with torch.random.fork_rng(devices=[]), SpikeActivity(trainer.model) as activity:
             engine.evaluate(
-                trainer.train_model,
+                trainer.model,
                 trainer.val_loader,
                 num_classes=trainer.data.num_classes,
                 device=trainer.device,

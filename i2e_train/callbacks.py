@@ -86,21 +86,11 @@ class FiringRates(Callback):
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
         if self.num_batches < 1:
             return
-        from . import engine
         from .report import SpikeActivity
 
         # The DataLoader draws a base seed from the global RNG: keep the run's RNG stream unchanged.
-        # The plain model, as the trainer's own evaluation: no DDP collectives, hooks see every layer.
         with torch.random.fork_rng(devices=[]), SpikeActivity(trainer.model) as activity:
-            engine.evaluate(
-                trainer.model,
-                trainer.val_loader,
-                num_classes=trainer.data.num_classes,
-                device=trainer.device,
-                converter=trainer.converter,
-                amp=trainer.amp,
-                limit_batches=self.num_batches,
-            )
+            trainer.validate(self.num_batches)
         report = activity.report()  # a collective: every rank gets here
         if not report.firing_rates:
             return

@@ -461,17 +461,7 @@ class Trainer:
             return None
         train_seconds = time.perf_counter() - t0
         train = stats.reduce(self.device)
-        # Ranks evaluate unequal shares: no DDP collectives inside evaluation.
-        distributed.broadcast_buffers(self.model)
-        val = engine.evaluate(
-            self.model,
-            self.val_loader,
-            num_classes=self.data.num_classes,
-            device=self.device,
-            converter=self.converter,
-            amp=self.amp,
-            limit_batches=opt.limit_val_batches,
-        )
+        val = self.validate(opt.limit_val_batches)
         self.scheduler.step(epoch + 1)
         is_best = val.top1 > self.best_acc1 or not (self.ckpt_dir / "best.pt").exists()
         self.best_acc1 = max(self.best_acc1, val.top1)
@@ -528,6 +518,21 @@ class Trainer:
             opt.memopt,
             self.batch_transform if self.batch_transform is not None else "none",
             getattr(self.converter, "resolved_backend", lambda d: "n/a")(self.device),
+        )
+
+    def validate(self, limit_batches: int | None = None) -> engine.EvalResult:
+        """Evaluate the plain model on this rank's share of the validation set (summed over ranks)."""
+        # Ranks evaluate unequal shares: no DDP collectives inside evaluation, and every rank uses
+        # rank 0's BatchNorm statistics (the ones the checkpoint stores).
+        distributed.broadcast_buffers(self.model)
+        return engine.evaluate(
+            self.model,
+            self.val_loader,
+            num_classes=self.data.num_classes,
+            device=self.device,
+            converter=self.converter,
+            amp=self.amp,
+            limit_batches=limit_batches,
         )
 
     def _log_stop(self, where: str) -> None:

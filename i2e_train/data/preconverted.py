@@ -173,14 +173,27 @@ def build_i2e_parquet(
     if not len(train) or not len(val):
         raise ValueError(f"i2e_parquet: the shards in {base} hold no samples")
     classes = _check_classes(num_classes, np.concatenate([train.targets, val.targets]), "i2e_parquet")
+    names = train.class_names if len(train.class_names) == classes else [str(i) for i in range(classes)]
+    return _events_bundle(train, val, classes, names, image_size, skip_corrupt, "i2e_parquet")
+
+
+def _events_bundle(
+    train: Any,
+    val: Any,
+    classes: int,
+    names: list[str],
+    image_size: int | None,
+    skip_corrupt: bool,
+    dataset: str,
+) -> DataBundle:
+    """The bundle of a stored-events dataset, after checking the events' size against ``image_size``."""
     if image_size is not None:
         shape = tuple(train[0][0].shape)
         if shape[-1] != image_size or shape[-2] != image_size:
             raise ValueError(
-                f"i2e_parquet: the stored events are {shape[-2]}x{shape[-1]} but dataset.image_size={image_size}; "
+                f"{dataset}: the stored events are {shape[-2]}x{shape[-1]} but dataset.image_size={image_size}; "
                 f"set dataset.image_size={shape[-1]} (pre-converted events cannot be resized)"
             )
-    names = train.class_names if len(train.class_names) == classes else [str(i) for i in range(classes)]
     return DataBundle(
         train=CorruptGuard(train, skip_corrupt, "train"),
         val=CorruptGuard(val, skip_corrupt, "val"),
@@ -244,22 +257,9 @@ def build_i2e_npz(
     train, val = splits["train"], splits["val"]
     targets = np.asarray(train.targets + val.targets, dtype=np.int64)
     classes = _check_classes(num_classes, targets, "i2e_npz")
-    if image_size is not None:
-        shape = tuple(train[0][0].shape)
-        if shape[-1] != image_size:
-            raise ValueError(
-                f"i2e_npz: the stored events are {shape[-2]}x{shape[-1]} but dataset.image_size={image_size}; "
-                f"set dataset.image_size={shape[-1]}"
-            )
     names = (
         train.classes
         if len(train.classes) == classes and not all(c.isdigit() for c in train.classes)
         else [str(i) for i in range(classes)]
     )
-    return DataBundle(
-        train=CorruptGuard(train, skip_corrupt, "train"),
-        val=CorruptGuard(val, skip_corrupt, "val"),
-        num_classes=classes,
-        events=True,
-        class_names=names,
-    )
+    return _events_bundle(train, val, classes, names, image_size, skip_corrupt, "i2e_npz")

@@ -21,8 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 
 from .errors import UserError
 
-CONFIG_MODULE = "i2e_train.configs"
-CONFIG_DIR = Path(__file__).parent / "configs"
+
+def _config_dir() -> Path:
+    """The Hydra configs: the package ``i2e_train.configs`` when installed (a wheel, or an editable
+    install that maps it to the top-level ``configs/``), else ``configs/`` beside the package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("i2e_train.configs")
+    if spec is not None and spec.submodule_search_locations:
+        for location in spec.submodule_search_locations:
+            if (Path(location) / "train.yaml").is_file():
+                return Path(location)
+    return Path(__file__).resolve().parent.parent / "configs"
+
+
+CONFIG_DIR = _config_dir()
 # Hydra flags that take a value, and flags that change what Hydra does with the config.
 _FLAGS_WITH_VALUE = {
     "--cfg",
@@ -151,7 +164,7 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
     """Compose the config as Hydra will; raise UserError with one clear line if it cannot be."""
     if any(a.split("=")[0] in _SKIP_PRECHECK for a in argv):
         return None
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
@@ -159,7 +172,7 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
     overrides = user_overrides(argv)
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
     except OverrideParseException as e:
         bad = next((o for o in overrides if "=" not in o and not o.startswith("~")), None)
@@ -222,7 +235,7 @@ def _first_line(e: Exception) -> str:
 
 def _base_config(config_name: str, overrides: list[str]) -> DictConfig | None:
     """The config with only the group choices from ``overrides`` applied (to list valid keys)."""
-    from hydra import compose, initialize_config_module
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
     groups = [
@@ -232,7 +245,7 @@ def _base_config(config_name: str, overrides: list[str]) -> DictConfig | None:
     ]
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             return compose(config_name=config_name, overrides=groups)
     except Exception:  # noqa: BLE001 - only used to improve an error message
         return None
@@ -262,11 +275,16 @@ def _unknown_key_message(config_name: str, key: str, overrides: list[str]) -> st
     return f"unknown config key '{key}'{hint}; valid keys{' under ' + parent if parent else ''}: {', '.join(keys)}"
 
 
-def main(hydra_main: Callable[[], Any], config_name: str, prog: str) -> None:
-    """Entry point body: validate the command line, then run the Hydra application."""
+def run_app(config_name: str, prog: str, task: Callable[[DictConfig], Any]) -> None:
+    """The body of every Hydra console script: validate the command line (one clear line for a
+    mistake, before any heavy import), then run ``task`` as a Hydra application, its user errors
+    reported by :func:`guard`."""
+    import hydra
+
     register_resolvers()
     try:
         precheck(config_name, sys.argv[1:])
     except UserError as e:
         fail(prog, str(e))
-    hydra_main()
+    app = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
+    app(guard(prog)(task))()

@@ -16,7 +16,6 @@ import dataclasses
 import math
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from . import cli
@@ -25,7 +24,6 @@ from .errors import UserError
 PROG = "i2e-convert"
 
 
-@cli.guard(PROG)
 def run(cfg: DictConfig) -> dict[str, Any]:
     # Heavy imports here, so that a mistyped command line is answered at once.
     from . import builders
@@ -58,13 +56,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     )
 
 
-@hydra.main(config_path="configs", config_name="convert", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 def main() -> None:
-    cli.main(_hydra_main, "convert", PROG)
+    cli.run_app("convert", PROG, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -53,7 +52,6 @@ def merge_with_checkpoint_config(
     return merged
 
 
-@cli.guard(PROG)
 def run(cfg: DictConfig) -> dict[str, Any]:
     # Heavy imports here, so that a mistyped command line is answered at once.
     import torch
@@ -181,13 +179,8 @@ def _print_summary(report: dict[str, Any], out_dir: Path, extra: list[str] | Non
     )
 
 
-@hydra.main(config_path="configs", config_name="eval", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 def main() -> None:
-    cli.main(_hydra_main, "eval", PROG)
+    cli.run_app("eval", PROG, run)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -18,7 +17,6 @@ from .errors import UserError
 PROG = "i2e-train"
 
 
-@cli.guard(PROG)
 def run(cfg: DictConfig) -> None:
     _check_init_from(cfg)
     # Heavy imports here, so that a mistyped command line is answered at once.
@@ -101,13 +99,8 @@ def _check_init_from(cfg: DictConfig) -> None:
     raise UserError(f"this preset fine-tunes a pretrained network: give init_from=PATH, {needed}")
 
 
-@hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    run(cfg)
-
-
 def main() -> None:
-    cli.main(_hydra_main, "train", PROG)
+    cli.run_app("train", PROG, run)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ def test_preset_composes_with_the_papers_values(name):
 
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_preset_files_comment_every_key_and_state_the_row(name):
-    path = ROOT / "i2e_train" / "configs" / "experiment" / f"{name}.yaml"
+    path = ROOT / "configs" / "experiment" / f"{name}.yaml"
     lines = path.read_text().splitlines()
     assert lines[0] == "# @package _global_"
     header = " ".join(line for line in lines if line.startswith("#"))
@@ -88,7 +88,7 @@ def test_preset_files_comment_every_key_and_state_the_row(name):
 
 
 def test_dataset_config_files_comment_every_key():
-    for path in sorted((ROOT / "i2e_train" / "configs" / "dataset").glob("*.yaml")):
+    for path in sorted((ROOT / "configs" / "dataset").glob("*.yaml")):
         for line in path.read_text().splitlines():
             if re.match(r"^\w+:", line):
                 assert " # " in line, f"{path.name}: uncommented key: {line}"

@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup train test test-all lint format clean
+.PHONY: setup train test test-slow lint format clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +17,13 @@ setup: $(STAMP)  ## create .venv with the package and the dev tools
 train: $(STAMP)  ## train the embedded default (scikit-learn digits); pass ARGS="key=value ..."
 	$(BIN)/i2e-train $(ARGS)
 
-test: $(STAMP)  ## lint + the test suite (CPU)
+test: $(STAMP)  ## lint + the fast tests (CPU)
 	$(BIN)/ruff check i2e_train tests
 	$(BIN)/ruff format --check i2e_train tests
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-test-all: $(STAMP)  ## also the slow tests
-	$(BIN)/python -m pytest -q -m "slow or not slow" $(PYTEST_ARGS)
+test-slow: $(STAMP)  ## the slow tests: real CLI runs, resume, DDP, fault injection
+	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check i2e_train tests

@@ -50,6 +50,7 @@ from torch import Tensor
 
 from . import cli
 from .errors import UserError
+from .files import atomic_write
 
 PROG = "i2e-bench"
 PARTS = ("conversion", "train", "data")
@@ -255,11 +256,10 @@ def _train_config(
     neuron_precision: str,
     memopt: int,
 ) -> dict:
-    from timm.optim import create_optimizer_v2
-
+    """A training run assembled as ``i2e-train`` assembles it (``builders.build_run``), stepped by the
+    same ``engine.train_step`` on synthetic images of the benchmark's size."""
     from . import engine, speed
-    from .i2e import I2E
-    from .models import build_model
+    from .builders import build_run
 
     row: dict[str, Any] = {
         "model": model_name,
@@ -272,66 +272,44 @@ def _train_config(
         "neuron_precision": neuron_precision,
         "memopt": memopt,
     }
-    amp_dtype = PRECISIONS[precision]
-    if amp_dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return {**row, "error": "bf16 not supported on this GPU"}
+    on_off = {True: "true", False: "false"}
+    overrides = [
+        f"model={model_name}",
+        f"trainer.device={device}",
+        f"trainer.precision={precision}",
+        f"trainer.channels_last={on_off[channels_last]}",
+        f"trainer.compile={on_off[compiled]}",
+        f"trainer.neuron_precision={neuron_precision}",
+        f"trainer.memopt={memopt}",
+        f"trainer.batch_size={args.train_batch}",
+        "trainer.self_check=off",
+        f"i2e.ratio={RATIO}",
+    ]
     report = speed.KernelReport()
     try:
-        with speed.spikingjelly_log(report.add):
-            torch.manual_seed(0)
-            model = build_model(model_name, 1000).to(device)
-            method = speed.prepare_model(
-                model, device, amp_dtype, neuron_precision=neuron_precision, channels_last=channels_last
-            )
-            optimizer = create_optimizer_v2(model, opt="sgd", lr=0.1, weight_decay=1e-5, momentum=0.9)
-            amp = engine.AmpSettings(device.type, amp_dtype)
-            scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-            converter = I2E(RATIO, dtype=amp_dtype or torch.float32).train()
-            criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        with speed.spikingjelly_log(report.add), tempfile.TemporaryDirectory(prefix="i2e-bench-run-") as tmp:
+            cfg = cli.precheck("train", overrides)
+            trainer = build_run(cfg, Path(tmp))
+            parts = trainer.parts
+            parts.plain.train()
+            parts.converter.train()
             images = random_images(args.train_batch, size, device, seed=1)
-            labels = torch.randint(0, 1000, (args.train_batch,), device=device)
-            train_model = model
-            with speed.observe_lif(model) as seen:  # one eager step: what the first LIF layer sees
-                engine.train_step(
-                    model,
-                    images,
-                    labels,
-                    converter=converter,
-                    criterion=criterion,
-                    optimizer=optimizer,
-                    amp=amp,
-                    scaler=scaler,
-                )
-            if memopt:
-                from .models.ms_resnet import MSBasicBlock
-
-                with torch.no_grad(), amp.autocast():
-                    example = converter(images)
-                speed.apply_memopt(model, example, memopt, (MSBasicBlock,), amp.autocast)
-            if compiled:
-                train_model = speed.compile_model(model)
-
-            def step() -> None:
-                engine.train_step(
-                    train_model,
-                    images,
-                    labels,
-                    converter=converter,
-                    criterion=criterion,
-                    optimizer=optimizer,
-                    amp=amp,
-                    scaler=scaler,
-                )
-
+            labels = torch.randint(0, trainer.data.num_classes, (args.train_batch,), device=device)
+            batch = [(images, labels)]
+            with speed.observe_lif(parts.plain) as seen:  # one eager step: what the first LIF layer sees
+                engine.train_step(parts, batch, seed=0)
             warmup = args.train_warmup + (2 if compiled else 0)
-            for _ in range(warmup):
-                step()
+            for i in range(warmup):
+                engine.train_step(parts, batch, seed=i)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            times = time_call(step, device, 0, args.train_steps)
+            times = time_call(lambda: engine.train_step(parts, batch, seed=0), device, 0, args.train_steps)
             seconds = statistics.median(times)
             peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+            kernel = speed.lif_kernel(parts.plain, device, parts.amp.dtype, compiled)
     except torch.OutOfMemoryError:
         return {**row, "error": "out of memory"}
     finally:
@@ -342,8 +320,10 @@ def _train_config(
             "ms_per_step": seconds * 1e3,
             "images_per_s": args.train_batch / seconds,
             "peak_memory_gib": peak / 2**30 if peak is not None else None,
-            "neuron_state_method": method,
-            "lif_kernel": speed.lif_kernel(model, device, amp_dtype, compiled),
+            "neuron_state_method": speed.resolve_neuron_precision(
+                neuron_precision, device, PRECISIONS[precision]
+            ),
+            "lif_kernel": kernel,
             "lif_input_dtype": str(seen.input_dtype).removeprefix("torch."),
             "lif_state_dtype": str(seen.state_dtype).removeprefix("torch."),
             "spikingjelly_selection": report.selected,
@@ -694,11 +674,13 @@ def run(args: argparse.Namespace) -> dict:
         for key, value in QUICK.items():
             if getattr(args, key) == getattr(defaults, key):  # explicit options still win
                 setattr(args, key, value)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch; use --device cpu")
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else args.device)
-    if device.type == "auto":
-        device = torch.device("cpu")
+    from .distributed import resolve_device
+
+    cli.register_resolvers()
+    try:
+        device = resolve_device(args.device, key="--device")
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -717,9 +699,7 @@ def run(args: argparse.Namespace) -> dict:
     if "data" in args.part:
         result["data"] = bench_data(args, device)
     _print_tables(result)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=str))
-    os.replace(tmp, out)
+    atomic_write(out, lambda f: f.write(json.dumps(result, indent=1, default=str).encode()))
     print(f"\nwrote {out}")
     return result
 

@@ -1,91 +1,48 @@
-"""Turn config sections into objects. The only place that reads a DictConfig besides the entry points;
-everything built here takes plain typed arguments."""
+"""From a composed config to the objects of a run. ``build_run`` is the one assembly of a training
+run, used by ``i2e-train``, ``i2e-bench`` and the tests; the entry points and this module are the
+only readers of a DictConfig (through :mod:`config`'s typed options) — everything built here takes
+plain typed arguments."""
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from . import speed
+from . import config, distributed, engine, speed
+from .config import ExtrasOptions, I2EOptions, OptimOptions, SchedOptions, TrainerOptions
 from .data import DataBundle, build_datasets
-from .distributed import convert_sync_batchnorm
-from .engine import AmpSettings
 from .errors import UserError
 from .i2e import I2E
 from .models import build_model
 
-T = typing.TypeVar("T")
 
-
-def section(cfg: DictConfig, key: str) -> dict[str, Any]:
-    node = OmegaConf.select(cfg, key)
-    if node is None:
-        return {}
-    return typing.cast(dict[str, Any], OmegaConf.to_container(node, resolve=True))
-
-
-def options(cls: type[T], values: dict[str, Any], prefix: str) -> T:
-    """A dataclass from a config section, with one-line errors for unknown keys and wrong types."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        name = f"{prefix}.{key}" if prefix else key  # an empty prefix: top-level keys
-        if key not in fields:
-            raise UserError(f"unknown config key '{name}'; valid keys: {', '.join(fields)}")
-        kwargs[key] = _coerce(value, hints[key], name)
-    return cls(**kwargs)
-
-
-def _coerce(value: Any, hint: Any, name: str) -> Any:
-    allowed = (
-        typing.get_args(hint)
-        if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
-        else (hint,)
-    )
-    if value is None:
-        if type(None) in allowed:
-            return None
-        raise UserError(f"{name} must be set (got null)")
-    for t in allowed:
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if t is str and isinstance(value, str):
-            return value
-    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string", type(None): "null"}
-    kinds = " or ".join(names.get(t, getattr(t, "__name__", str(t))) for t in allowed)
-    raise UserError(f"{name} must be {kinds}, got {value!r}")
-
-
-def resolve_amp(precision: str, device: torch.device) -> AmpSettings:
+def resolve_amp(precision: str, device: torch.device) -> engine.AmpSettings:
     """``auto``: bf16 on GPUs that have it (fp16 otherwise), fp32 on CPU."""
-    choices = ("auto", "fp32", "bf16", "fp16")
-    if precision not in choices:
-        raise UserError(f"trainer.precision must be one of {', '.join(choices)}, got '{precision}'")
+    config._choice("trainer.precision", precision, config.PRECISIONS)
     if precision == "auto":
         if device.type != "cuda":
-            return AmpSettings(device.type, None)
+            return engine.AmpSettings(device.type, None)
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return AmpSettings(device.type, dtype)
+    return engine.AmpSettings(device.type, dtype)
 
 
-def build_data(cfg: DictConfig) -> DataBundle:
-    values = section(cfg, "dataset")
+def resolve_eval_amp(eval_precision: str, training: engine.AmpSettings) -> engine.AmpSettings:
+    """``fp32`` (the paper: no autocast in validation), ``auto`` (as training) or a given precision."""
+    if eval_precision == "auto":
+        return training
+    return resolve_amp(eval_precision, torch.device(training.device_type))
+
+
+def build_data(cfg: DictConfig, device_augment: bool = False) -> DataBundle:
+    values = config.section(cfg, "dataset")
     name = values.pop("name", None)
     if not name:
         raise UserError("dataset.name is not set; choose a dataset with dataset=<name>")
-    device_augment = OmegaConf.select(cfg, "trainer.device_augment") is not None
     if device_augment and "augment" in values:
         # The batch is augmented on the device: the loader ships the stored images unaugmented.
         values["augment"] = "device"
@@ -107,129 +64,213 @@ def build_data(cfg: DictConfig) -> DataBundle:
     return bundle
 
 
-def build_network(
-    cfg: DictConfig, num_classes: int, device: torch.device, amp: AmpSettings, sync_batchnorm: bool = False
-) -> nn.Module:
-    name = OmegaConf.select(cfg, "model.name")
+def build_network(name: str, num_classes: int) -> nn.Module:
     try:
-        model = build_model(str(name), num_classes)
+        return build_model(name, num_classes)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if sync_batchnorm:
-        model = convert_sync_batchnorm(model)
-    model.to(device)
-    # trainer.neuron_precision / trainer.channels_last are validated with TrainerOptions.
-    speed.prepare_model(
-        model,
-        device,
-        amp.dtype,
-        neuron_precision=str(OmegaConf.select(cfg, "trainer.neuron_precision", default="auto")),
-        channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)),
-    )
-    return model
 
 
-def build_converter(cfg: DictConfig, bundle: DataBundle, seed: int, amp: AmpSettings) -> nn.Module | None:
+def build_converter(options: I2EOptions, bundle: DataBundle, seed: int, dtype: torch.dtype) -> I2E | None:
     """I2E on the training device, or None for datasets that already are events."""
     if bundle.events:
         return None
-    values = section(cfg, "i2e")
-    order = values.get("order", "gamma_alpha_beta")
+    if options.ratio is None:
+        raise UserError("i2e.ratio is not set; give the I2E threshold ratio, e.g. i2e.ratio=0.12")
     try:
         return I2E(
-            ratio=float(values["ratio"]),
-            order=order,
-            random_vectors=bool(values.get("random_vectors", True)),
-            per_sample=bool(values.get("per_sample", False)),
+            ratio=options.ratio,
+            order=options.order,
+            random_vectors=options.random_vectors,
+            per_sample=options.per_sample,
             seed=seed,
-            dtype=amp.dtype or torch.float32,
-            backend=str(values.get("backend", "auto")),
+            dtype=dtype,
+            backend=options.backend,
         )
-    except (ValueError, TypeError, KeyError) as e:
+    except (ValueError, TypeError) as e:
         raise UserError(f"invalid i2e settings: {e}") from None
 
 
-def build_batch_transform(cfg: DictConfig, bundle: DataBundle) -> Any:
+def build_batch_transform(
+    trainer: TrainerOptions, extras: ExtrasOptions, bundle: DataBundle, image_size: int | None, seed: int
+) -> Any:
     """What runs on the device batch before I2E: ``trainer.device_augment`` (pad/crop/resize/flip,
     to ``trainer.device_augment_size`` or else ``dataset.image_size``), then mixup/CutMix
-    (``extras.*``); None when all are off (the default)."""
+    (``extras.*``, during the first ``extras.mix_until`` of the epochs); None when all are off."""
     from .data.device_transforms import build_device_augment
     from .data.transforms import ChainBatch, MixBatch
 
-    values = section(cfg, "extras")
-    mixup, cutmix = float(values.get("mixup_alpha") or 0.0), float(values.get("cutmix_alpha") or 0.0)
     mix = None
-    if mixup > 0 or cutmix > 0:
-        try:
-            mix = MixBatch(
-                bundle.num_classes,
-                mixup_alpha=mixup,
-                cutmix_alpha=cutmix,
-                prob=float(values.get("mix_prob", 1.0)),
-                switch_prob=float(values.get("switch_prob", 0.5)),
-            )
-        except ValueError as e:
-            raise UserError(str(e)) from None
-    preset = OmegaConf.select(cfg, "trainer.device_augment")
-    size = OmegaConf.select(cfg, "trainer.device_augment_size") or OmegaConf.select(cfg, "dataset.image_size")
-    augment = build_device_augment(preset, size, int(cfg.get("seed", 0))) if preset is not None else None
+    if extras.mixing:
+        mix = MixBatch(
+            bundle.num_classes,
+            mixup_alpha=extras.mixup_alpha,
+            cutmix_alpha=extras.cutmix_alpha,
+            prob=extras.mix_prob,
+            switch_prob=extras.switch_prob,
+            until_epoch=round(extras.mix_until * trainer.epochs),
+        )
+    augment = None
+    if trainer.device_augment is not None:
+        augment = build_device_augment(
+            trainer.device_augment, trainer.device_augment_size or image_size, seed
+        )
     parts = [t for t in (augment, mix) if t is not None]
     if len(parts) < 2:
         return parts[0] if parts else None
     return ChainBatch(*parts)
 
 
-def build_events_transform(cfg: DictConfig) -> Any:
+def build_events_transform(extras: ExtrasOptions) -> Any:
     """Random temporal subsets in training (``extras.t_train``), or None (the default: all timesteps)."""
     from .data.transforms import TemporalSubset
 
-    values = section(cfg, "extras")
-    t_train = values.get("t_train")
-    if t_train is None:
+    if extras.t_train is None:
         return None
-    if not isinstance(t_train, int) or isinstance(t_train, bool) or t_train < 1:
-        raise UserError(f"extras.t_train must be null or a number of timesteps >= 1, got {t_train!r}")
-    return TemporalSubset(t_train, contiguous=bool(values.get("t_train_contiguous", False)))
+    return TemporalSubset(extras.t_train, contiguous=extras.t_train_contiguous)
 
 
-def build_callbacks(bundle: DataBundle) -> list[Any]:
-    """Callbacks the data needs: the end-of-epoch report of skipped unreadable samples."""
-    from .data.corrupt import CorruptGuard, SkippedSamplesReport
-
-    guards = [d for d in (bundle.train, bundle.val) if isinstance(d, CorruptGuard) and d.skip]
-    return [SkippedSamplesReport(guards)] if guards else []
-
-
-def build_optimizer(cfg: DictConfig, model: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(options: OptimOptions, model: nn.Module) -> torch.optim.Optimizer:
     """timm's optimizer factory: ``sgd`` is Nesterov SGD without weight decay on 1-D parameters."""
     from timm.optim import create_optimizer_v2, list_optimizers
 
-    values = section(cfg, "optim")
-    name = str(values.get("name", "sgd"))
-    if name not in list_optimizers():
-        raise UserError(f"optim.name '{name}' is not a timm optimizer (e.g. sgd, momentum, adamw)")
+    if options.name not in list_optimizers():
+        raise UserError(f"optim.name '{options.name}' is not a timm optimizer (e.g. sgd, momentum, adamw)")
     return create_optimizer_v2(
-        model,
-        opt=name,
-        lr=float(values["lr"]),
-        weight_decay=float(values.get("weight_decay", 0.0)),
-        momentum=float(values.get("momentum", 0.9)),
+        model, opt=options.name, lr=options.lr, weight_decay=options.weight_decay, momentum=options.momentum
     )
 
 
-def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: int) -> Any:
-    """Cosine from ``optim.lr`` to ``sched.lr_min`` over all epochs, stepped once per epoch (timm)."""
+def build_scheduler(
+    options: SchedOptions, optimizer: torch.optim.Optimizer, epochs: int, steps_per_epoch: int = 1
+) -> Any:
+    """Cosine from ``optim.lr`` to ``sched.lr_min`` over all epochs (timm), stepped once per epoch or,
+    with ``sched.per_step``, every optimiser step; optional linear warm-up from ``sched.warmup_lr``
+    (timm's: the warm-up replaces the first epochs of the cosine, which still ends at the last epoch)."""
     from timm.scheduler import CosineLRScheduler
 
-    values = section(cfg, "sched")
-    if values.get("name", "cosine") != "cosine":
-        raise UserError(f"sched.name must be cosine (the paper's schedule), got '{values.get('name')}'")
-    lr_min = float(values.get("lr_min", 0.0))
+    unit = steps_per_epoch if options.per_step else 1
     return CosineLRScheduler(
         optimizer,
-        t_initial=epochs,
-        lr_min=lr_min,
-        warmup_t=int(values.get("warmup_epochs", 0)),
-        warmup_lr_init=lr_min,
-        t_in_epochs=True,
+        t_initial=epochs * unit,
+        lr_min=options.lr_min,
+        warmup_t=options.warmup_epochs * unit,
+        warmup_lr_init=options.warmup_lr,
+        t_in_epochs=not options.per_step,
     )
+
+
+def build_run(cfg: DictConfig, run_dir: Path, dist: distributed.DistInfo | None = None) -> Any:
+    """Every object of a training run, assembled in one place: the :class:`~i2e_train.trainer.Trainer`."""
+    from .callbacks import default_callbacks
+    from .data.loading import train_batches, val_loader
+    from .trainer import Trainer
+
+    run = config.run_options(cfg)
+    opts = config.read(TrainerOptions, cfg, "trainer")
+    extras = config.read(ExtrasOptions, cfg, "extras")
+    if dist is None:
+        try:
+            dist = distributed.init_distributed(opts.device)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    speed.set_threads(opts.threads, dist.device)
+    amp = resolve_amp(opts.precision, dist.device)
+    torch.manual_seed(run.seed)
+    data = build_data(cfg, device_augment=opts.device_augment is not None)
+    model = build_network(str(OmegaConf.select(cfg, "model.name")), data.num_classes)
+    converter = build_converter(
+        config.read(I2EOptions, cfg, "i2e"), data, run.seed, amp.dtype or torch.float32
+    )
+    workers = config.resolve_workers(opts.num_workers)
+    batches = train_batches(
+        data,
+        micro_batch=opts.per_rank_batch(dist.world_size),
+        accumulate=opts.accumulate_steps,
+        seed=run.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        workers=workers,
+        device=dist.device,
+        drop_last=opts.drop_last,
+        limit_steps=opts.limit_train_batches,
+    )
+    if not batches.steps_per_epoch():
+        raise UserError(
+            f"the training set has {len(data.train)} samples, too few for one step of {dist.world_size} "
+            f"process(es) with trainer.drop_last=true; lower trainer.batch_size or set trainer.drop_last=false"
+        )
+    batch_transform = build_batch_transform(
+        opts, extras, data, OmegaConf.select(cfg, "dataset.image_size"), run.seed
+    )
+    if converter is not None:
+        converter.to(dist.device)
+    prepared = speed.prepare_for_training(
+        model,
+        opts,
+        dist,
+        amp.dtype,
+        example=lambda: example_events(
+            data, batches.micro_batch, dist.device, converter, batch_transform, amp
+        ),
+        autocast=amp.autocast,
+    )
+    optimizer = build_optimizer(config.read(OptimOptions, cfg, "optim"), model)
+    scheduler = build_scheduler(
+        config.read(SchedOptions, cfg, "sched"), optimizer, opts.epochs, batches.steps_per_epoch()
+    )
+    loss = config.read(config.LossOptions, cfg, "loss")
+    parts = engine.StepParts(
+        model=prepared.train_model,
+        plain=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(label_smoothing=loss.label_smoothing),
+        amp=amp,
+        device=dist.device,
+        converter=converter,
+        scaler=torch.amp.GradScaler(dist.device.type) if amp.dtype == torch.float16 else None,
+        batch_transform=batch_transform,
+        events_transform=build_events_transform(extras),
+        clip_grad_norm=opts.clip_grad_norm,
+        ema=engine.ModelEma(model, opts.ema_decay, opts.ema_warmup) if opts.ema_decay is not None else None,
+    )
+    return Trainer(
+        parts=parts,
+        scheduler=scheduler,
+        batches=batches,
+        val_loader=val_loader(
+            data,
+            batch_size=opts.val_batch(dist.world_size),
+            rank=dist.rank,
+            world_size=dist.world_size,
+            workers=workers,
+            device=dist.device,
+        ),
+        data=data,
+        options=opts,
+        dist=dist,
+        run_dir=run_dir,
+        seed=run.seed,
+        eval_amp=resolve_eval_amp(opts.eval_precision, amp),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        callbacks=default_callbacks(opts.preview_samples, opts.firing_rate_batches, data),
+    )
+
+
+def example_events(
+    data: DataBundle,
+    batch: int,
+    device: torch.device,
+    converter: nn.Module | None,
+    batch_transform: Any,
+    amp: engine.AmpSettings,
+) -> torch.Tensor:
+    """A training batch's worth of events built from the first training sample (to probe a model)."""
+    from .data.sampler import SeededDataset
+
+    sample, _ = SeededDataset(data.train, data.train_transform)[(0, 0)]
+    images = torch.as_tensor(sample)[None].expand(batch, *sample.shape).to(device)
+    if batch_transform is not None:
+        images, _ = batch_transform(images, torch.zeros(batch, dtype=torch.long, device=device))
+    with torch.no_grad(), amp.autocast():
+        return engine.to_events(images, converter, amp.dtype or torch.float32)

@@ -1,5 +1,6 @@
-"""Training callbacks that watch a run without changing it: a TensorBoard preview of the converted
-training samples at the start, and per-layer firing rates after every epoch."""
+"""Training callbacks: things that watch a run without changing it — a TensorBoard preview of the
+converted training samples at the start, per-layer firing rates and the count of skipped unreadable
+samples after every epoch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,22 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .trainer import Callback
+from . import distributed
+from .data.corrupt import CorruptGuard
+from .monitor import log
 
 if TYPE_CHECKING:
     from .trainer import Trainer
+
+
+class Callback:
+    """Hooks called on every rank; use ``trainer.dist.is_main`` to write only once."""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        """After restore, before the first epoch."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After validation, before the metrics row is written: add keys to ``row`` to extend it."""
 
 
 def preview_grid(
@@ -22,7 +35,7 @@ def preview_grid(
     enlarged (nearest neighbour) to at least ``min_tile`` pixels so that single events stay visible."""
     from torchvision.utils import make_grid
 
-    from .viz import event_frames_rgb
+    from .render import event_frames_rgb
 
     tiles = []
     for b in range(events_BTCHW.shape[0]):
@@ -52,9 +65,9 @@ class EventPreview(Callback):
         from .data.sampler import mix_seed
         from .i2e import i2e_convert
 
-        dataset = trainer.train_loader.dataset  # SeededDataset: the training transform under a seed
+        dataset = trainer.batches.loader.dataset  # SeededDataset: the training transform under a seed
         count = min(self.num_samples, len(dataset))
-        samples = [dataset[(i, mix_seed(trainer.seed, trainer.start_epoch, i))] for i in range(count)]
+        samples = [dataset[(i, mix_seed(trainer.seed, trainer.progress.epoch, i))] for i in range(count)]
         inputs = torch.stack([torch.as_tensor(np.asarray(s[0])) for s in samples])
         converter = trainer.converter
         if converter is None:  # stored event datasets: samples are [T, C, H, W] already
@@ -64,13 +77,13 @@ class EventPreview(Callback):
             images = inputs
             events = i2e_convert(inputs, converter.ratio, converter.order, dtype=torch.bool).transpose(0, 1)
         grid = preview_grid(images, events)
-        tb.add_image("preview/train_events", grid, global_step=trainer.start_epoch, dataformats="CHW")
+        tb.add_image("preview/train_events", grid, global_step=trainer.progress.epoch, dataformats="CHW")
         rate = float((events > 0).float().mean())
         tb.add_text(
             "preview/about",
             f"{count} training samples after augmentation; each row: image, then timesteps 1..{events.shape[1]} "
             f"(ON red, OFF blue); event rate {100 * rate:.2f}%",
-            global_step=trainer.start_epoch,
+            global_step=trainer.progress.epoch,
         )
         tb.flush()
 
@@ -101,6 +114,31 @@ class FiringRates(Callback):
             trainer.metrics.scalar(f"firing_rate/{name}", rate, epoch)
 
 
-def default_callbacks(preview_samples: int = 8, firing_rate_batches: int = 2) -> list[Callback]:
-    """The callbacks every ``i2e-train`` run gets (``trainer.preview_samples``, ``trainer.firing_rate_batches``)."""
-    return [EventPreview(preview_samples), FiringRates(firing_rate_batches)]
+class SkippedSamplesReport(Callback):
+    """Adds ``skipped_samples`` (all ranks, train + val, this epoch) to the metrics row and warns."""
+
+    def __init__(self, guards: list[CorruptGuard]) -> None:
+        self.guards = guards
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        count = torch.tensor([float(sum(g.take_new_count() for g in self.guards))], device=trainer.device)
+        distributed.all_reduce_sum(count)
+        skipped = int(count.item())
+        row["skipped_samples"] = skipped
+        if skipped:
+            log.warning(
+                "epoch %d: %d unreadable samples were replaced by their next readable neighbour "
+                "(dataset.skip_corrupt=true); the files are named in the warnings above",
+                row.get("epoch", 0),
+                skipped,
+            )
+
+
+def default_callbacks(preview_samples: int, firing_rate_batches: int, data: Any) -> list[Callback]:
+    """The callbacks every ``i2e-train`` run gets (``trainer.preview_samples``,
+    ``trainer.firing_rate_batches``, and the skipped-sample count where ``dataset.skip_corrupt`` is on)."""
+    callbacks: list[Callback] = [EventPreview(preview_samples), FiringRates(firing_rate_batches)]
+    guards = [d for d in (data.train, data.val) if isinstance(d, CorruptGuard) and d.skip]
+    if guards:
+        callbacks.append(SkippedSamplesReport(guards))
+    return callbacks

@@ -2,16 +2,17 @@
 
 Our checkpoint is a dict with the model weights under ``state_dict`` (no ``module.`` or
 ``_orig_mod.`` prefixes, as in the paper's released files) plus training state: ``optimizer``,
-``scheduler``, ``scaler``, ``epoch`` (completed epochs), ``step``, ``best_acc1``, ``rng`` and the
-resolved ``config``. Everything is stored in ``torch.load(weights_only=True)``-safe types.
+``scheduler``, ``scaler``, ``ema``, ``epoch`` (completed epochs), ``step``, ``best_acc1``, ``rng``
+and the resolved ``config``. Everything is stored in ``torch.load(weights_only=True)``-safe types.
+A run's folder layout (last / best / kept epochs) is :class:`RunCheckpoints`.
 """
 
 from __future__ import annotations
 
 import os
 import random
-import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .files import atomic_link, atomic_write, remove_stale_temporaries
 
 FORMAT = "i2e-train"
 VERSION = 1
@@ -33,35 +35,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the file the permissions a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, lambda f: torch.save(dict(state), f))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -119,15 +93,20 @@ def extract_state_dict(ckpt: Mapping[str, Any], path: str | os.PathLike = "") ->
     return state
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike, replace_head: bool = False) -> dict[str, Any]:
+def load_weights(
+    model: nn.Module, path: str | os.PathLike, replace_head: bool = False, ema: bool = False
+) -> dict[str, Any]:
     """Load model weights from our checkpoint or one of the paper's released checkpoints.
 
     With ``replace_head`` a classifier of a different class count is not loaded (the model
     keeps its freshly initialised head, for transfer learning). Any other mismatch is an error.
+    With ``ema`` the checkpoint's averaged weights are loaded (it must have them).
     Returns what happened: ``{"skipped": [...], "epoch": ..., "best_acc1": ...}``.
     """
     ckpt = load_checkpoint(path)
-    state = extract_state_dict(ckpt, path)
+    if ema and not ckpt.get("ema"):
+        raise CheckpointError(f"checkpoint '{path}' has no averaged (EMA) weights; set use_ema=false")
+    state = extract_state_dict(ckpt["ema"] if ema else ckpt, path)
     own = model.state_dict()
     skipped = []
     head_keys = [k for k in ("fc.weight", "fc.bias") if k in state and k in own]
@@ -211,3 +190,142 @@ def _as_tuple(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return tuple(_as_tuple(v) for v in value)
     return value
+
+
+# ----------------------------------------------------------------------------- a run's checkpoints
+@dataclass
+class Progress:
+    """Where a run stands: what a checkpoint must restore besides the tensors."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the epoch in progress (mid-epoch checkpoints)
+    global_step: int = 0  # optimiser steps so far
+    best_acc1: float = 0.0
+    partial: dict[str, Any] | None = None  # the interrupted epoch's sums (all ranks), for its metrics row
+
+
+@dataclass
+class TrainingObjects:
+    """The objects whose state a training checkpoint holds."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any = None  # torch.amp.GradScaler under fp16
+    ema: Any = None  # engine.ModelEma when the weights are averaged
+
+
+def training_state(
+    objects: TrainingObjects, progress: Progress, world_size: int, config: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "state_dict": objects.model.state_dict(),
+        "optimizer": objects.optimizer.state_dict(),
+        "scheduler": objects.scheduler.state_dict(),
+        "scaler": objects.scaler.state_dict() if objects.scaler is not None else None,
+        "ema": objects.ema.state_dict() if objects.ema is not None else None,
+        "epoch": progress.epoch,
+        "step": progress.step,
+        "global_step": progress.global_step,
+        "partial_epoch": progress.partial,
+        "best_acc1": progress.best_acc1,
+        "rng": capture_rng_state(),
+        "world_size": world_size,
+        "config": config,
+    }
+
+
+def restore_training_state(
+    ckpt: dict[str, Any], path: Path, objects: TrainingObjects, world_size: int
+) -> tuple[Progress, list[str]]:
+    """Load a training checkpoint into ``objects``; returns the progress and the schedule settings
+    that changed since (the config wins for those: the schedule is a function of it)."""
+    extract_state_dict(ckpt, path)  # not a model checkpoint at all: say so first
+    if ckpt.get("format") != FORMAT or "optimizer" not in ckpt:
+        raise CheckpointError(
+            f"'{path}' is not an i2e-train training checkpoint (no optimizer state); "
+            "use init_from= to start from its weights"
+        )
+    if ckpt.get("world_size", world_size) != world_size and ckpt.get("step"):
+        raise CheckpointError(
+            f"'{path}' stopped mid-epoch with {ckpt['world_size']} processes; resume it with the same "
+            "number of processes (or from an end-of-epoch checkpoint)"
+        )
+    load_weights(objects.model, path)
+    configured = objects.scheduler.state_dict()
+    try:
+        objects.optimizer.load_state_dict(ckpt["optimizer"])
+        objects.scheduler.load_state_dict(ckpt["scheduler"])
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(
+            f"'{path}' was written for a different optimizer/model setup ({e}); "
+            "resume needs the same model and optim settings"
+        ) from None
+    changed = sorted(k for k, v in configured.items() if ckpt["scheduler"].get(k) != v)
+    if changed:
+        objects.scheduler.load_state_dict(configured)
+    if objects.scaler is not None and ckpt.get("scaler"):
+        objects.scaler.load_state_dict(ckpt["scaler"])
+    if objects.ema is not None:
+        if ckpt.get("ema"):
+            objects.ema.load_state_dict(ckpt["ema"])
+        else:  # EMA switched on for a run that did not have it: start averaging from here
+            objects.ema.module.load_state_dict(objects.model.state_dict())
+    if ckpt.get("rng"):
+        restore_rng_state(ckpt["rng"])
+    progress = Progress(
+        epoch=int(ckpt["epoch"]),
+        step=int(ckpt.get("step") or 0),
+        global_step=int(ckpt.get("global_step") or 0),
+        best_acc1=float(ckpt.get("best_acc1") or 0.0),
+        partial=ckpt.get("partial_epoch") or None,
+    )
+    return progress, changed
+
+
+class RunCheckpoints:
+    """A run's ``checkpoints/`` folder: ``last.pt`` (written once per save, atomically), ``best.pt``
+    (a hard link to the ``last.pt`` that scored best, never serialised twice) and, with ``keep > 0``,
+    the last ``keep`` end-of-epoch checkpoints as ``epoch_NNNN.pt`` (links as well)."""
+
+    def __init__(self, folder: Path, keep: int = 0) -> None:
+        self.folder = folder
+        self.keep = keep
+
+    def remove_stale_temporaries(self) -> int:
+        """Partial files of a writer killed mid-save (a live writer's are kept)."""
+        return remove_stale_temporaries(self.folder) if self.folder.is_dir() else 0
+
+    @property
+    def last(self) -> Path:
+        return self.folder / "last.pt"
+
+    @property
+    def best(self) -> Path:
+        return self.folder / "best.pt"
+
+    def epoch_file(self, epoch: int) -> Path:
+        return self.folder / f"epoch_{epoch:04d}.pt"
+
+    def save(self, state: dict[str, Any], *, best: bool = False) -> Path:
+        """Write ``state`` as last.pt; link it as best.pt and, at an epoch end, as epoch_NNNN.pt."""
+        save_checkpoint(state, self.last)
+        if best:
+            atomic_link(self.last, self.best)
+        if self.keep and not state.get("step"):
+            atomic_link(self.last, self.epoch_file(int(state["epoch"])))
+            for old in self.history()[: -self.keep]:
+                old.unlink(missing_ok=True)
+        return self.last
+
+    def history(self) -> list[Path]:
+        """The kept end-of-epoch checkpoints, oldest first."""
+        return sorted(self.folder.glob("epoch_[0-9][0-9][0-9][0-9].pt"))
+
+    def resume_path(self, resume: str) -> Path | None:
+        """``auto``: last.pt if the run has one (else None: a new run); any other value is a path."""
+        if resume == "auto":
+            return self.last if self.last.exists() else None
+        return Path(resume)

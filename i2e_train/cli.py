@@ -23,16 +23,18 @@ from .errors import UserError
 
 
 def _config_dir() -> Path:
-    """The Hydra configs: the package ``i2e_train.configs`` when installed (a wheel, or an editable
-    install that maps it to the top-level ``configs/``), else ``configs/`` beside the package."""
+    """The Hydra configs: the top-level ``configs/`` folder of a source checkout (also what an
+    editable install maps), else the installed package ``i2e_train.configs`` (a wheel)."""
     import importlib.util
 
+    beside = Path(__file__).resolve().parent.parent / "configs"
+    if (beside / "train.yaml").is_file():
+        return beside
     spec = importlib.util.find_spec("i2e_train.configs")
-    if spec is not None and spec.submodule_search_locations:
-        for location in spec.submodule_search_locations:
-            if (Path(location) / "train.yaml").is_file():
-                return Path(location)
-    return Path(__file__).resolve().parent.parent / "configs"
+    for location in (spec.submodule_search_locations or []) if spec is not None else []:
+        if (Path(location) / "train.yaml").is_file():
+            return Path(location)
+    return beside
 
 
 CONFIG_DIR = _config_dir()

@@ -26,21 +26,21 @@ PROG = "i2e-convert"
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     # Heavy imports here, so that a mistyped command line is answered at once.
-    from . import builders
+    from . import builders, config
     from .data.export import ConvertOptions, convert
     from .monitor import setup_logging
 
     setup_logging(None)
     keys = [f.name for f in dataclasses.fields(ConvertOptions)]
     values = {k: OmegaConf.to_container(cfg[k]) if OmegaConf.is_config(cfg[k]) else cfg[k] for k in keys}
-    options = builders.options(ConvertOptions, values, "")
+    options = config.options(ConvertOptions, values, "")
     image_size = OmegaConf.select(cfg, "dataset.image_size")
     if not isinstance(image_size, int) or image_size < 1:
         raise UserError(
             f"dataset '{cfg.dataset.name}' has no usable dataset.image_size ({image_size!r}); "
             "set dataset.image_size=<pixels>"
         )
-    i2e = builders.section(cfg, "i2e")
+    i2e = config.section(cfg, "i2e")
     ratio = i2e.get("ratio")
     if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not math.isfinite(ratio) or ratio < 0:
         raise UserError(f"i2e.ratio must be a number >= 0, got {ratio!r}")

@@ -6,6 +6,7 @@ without it every helper here degrades to the single-process answer.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -43,14 +44,23 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def resolve_device(preference: str, local_rank: int = 0) -> torch.device:
-    """``auto`` picks the GPU when there is one; ``cuda`` without a GPU is a clear error."""
-    if preference not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"trainer.device must be auto, cpu or cuda, got '{preference}'")
+def resolve_device(preference: str, local_rank: int = 0, key: str = "trainer.device") -> torch.device:
+    """The one device resolver: ``auto`` picks the GPU when there is one (this process's GPU under
+    torchrun); ``cuda`` / ``cuda:N`` without a GPU is a clear error naming ``key``."""
+    if preference not in ("auto", "cpu", "cuda") and not preference.startswith("cuda:"):
+        raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got '{preference}'")
     if preference == "cpu" or (preference == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise ValueError("trainer.device=cuda but no CUDA GPU is visible; use trainer.device=auto or cpu")
+        raise ValueError(f"{key}={preference} but no CUDA GPU is visible; use {key}=auto or cpu")
+    if preference.startswith("cuda:"):
+        try:
+            index = int(preference.partition(":")[2])
+        except ValueError:
+            raise ValueError(f"{key} must be auto, cpu, cuda or cuda:N, got '{preference}'") from None
+        if not 0 <= index < torch.cuda.device_count():
+            raise ValueError(f"{key}={preference} but only {torch.cuda.device_count()} GPU(s) are visible")
+        return torch.device("cuda", index)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
@@ -111,11 +121,36 @@ def any_rank(flag: bool, device: torch.device) -> bool:
     return bool(all_reduce_max(t).item() > 0)
 
 
-def all_ranks_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank if ``flag`` is true on all ranks (no communication in a single process)."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return flag
-    return not any_rank(not flag, device)
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def step_flags(
+    nonfinite: torch.Tensor, stop: bool, sums: torch.Tensor, extra: torch.Tensor | None = None
+) -> tuple[bool, bool, list[float]]:
+    """A training step's one host sync (and, under DDP, its one collective).
+
+    ``nonfinite`` (a 0-d bool tensor: this rank's loss is NaN/Inf) and ``stop`` (a stop signal
+    reached this rank) are OR-ed over all ranks; ``sums`` and ``extra`` (this rank's numbers) come
+    back in the same read. No host-to-device copy is made: the flags are written by device ops.
+    """
+    report = torch.zeros(2 + sums.numel() + 1, dtype=torch.float64, device=sums.device)
+    report[0] = nonfinite
+    if stop:
+        report[1] = 1.0
+    report[2 : 2 + sums.numel()] = sums
+    if extra is not None:
+        report[-1] = extra
+    if is_distributed():
+        dist.all_reduce(report[:2], op=dist.ReduceOp.MAX)
+    values = report.tolist()
+    return values[0] > 0, values[1] > 0, values[2:]
+
+
+def no_sync(model: nn.Module) -> Any:
+    """DDP's ``no_sync`` (skip the gradient all-reduce of a non-final micro-batch); a no-op otherwise."""
+    sync_off = getattr(model, "no_sync", None)
+    return sync_off() if callable(sync_off) else contextlib.nullcontext()
 
 
 def wrap_model(model: nn.Module, info: DistInfo) -> nn.Module:

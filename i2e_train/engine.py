@@ -1,25 +1,29 @@
-"""The training step, the epoch loops and evaluation. No checkpointing or logging here.
+"""The training step and evaluation. No checkpointing, logging or scheduling here.
 
-A step is: move -> augment -> convert -> forward -> loss -> backward -> step -> reset.
-Images arrive as uint8 ``[B, 3, H, W]`` (converted to events on the device, after the CPU
-augmentation) or, for datasets that already are events, as ``[B, T, 2, H, W]``.
+A step reads top to bottom: reseed -> move -> augment on the device -> convert -> forward -> loss
+-> backward -> (clip) -> optimiser step -> EMA, with the neuron state reset after every micro-batch.
+Images arrive as uint8 ``[B, 3, H, W]`` (converted to events on the device, after augmentation) or,
+for datasets that already are events, as ``[B, T, 2, H, W]``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from spikingjelly.activation_based import functional
 from torch import Tensor, nn
 
 from . import distributed
+from .data.sampler import mix_seed
 
-Converter = Callable[[Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+BatchTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+EventsTransform = Callable[[Tensor], Tensor]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -29,14 +33,6 @@ class NonFiniteLossError(RuntimeError):
         where = f"{value}" if not math.isfinite(value) else "on another process"
         super().__init__(f"non-finite loss ({where}) at epoch {epoch}, step {step}")
         self.epoch, self.step, self.value = epoch, step, value
-
-
-@dataclass
-class StepResult:
-    loss: float
-    correct1: int
-    samples: int
-    finite: bool = True
 
 
 @dataclass
@@ -52,81 +48,165 @@ class AmpSettings:
         return torch.autocast(self.device_type, dtype=self.dtype)
 
 
-def to_events(inputs: Tensor, converter: Converter | None, dtype: torch.dtype) -> Tensor:
-    """Time-major float events ``[T, B, C, H, W]`` from a batch of images or of stored events."""
+def to_events(inputs: Tensor, converter: Callable[[Tensor], Tensor] | None, dtype: torch.dtype) -> Tensor:
+    """Time-major events ``[T, B, C, H, W]`` from a batch of images or of stored events.
+
+    Stored binary events become ``dtype``; stored event *counts* (CIFAR10-DVS frames, float) stay
+    float32, which holds them exactly (bf16 would round counts above 256 on the way in).
+    """
     if converter is not None:
         return converter(inputs)
+    target = torch.float32 if inputs.is_floating_point() else dtype
     # Stored event samples are [B, T, C, H, W]; SpikingJelly's multi-step layout is time-major.
-    return inputs.transpose(0, 1).to(dtype).contiguous()
+    return inputs.transpose(0, 1).to(target).contiguous()
 
 
-def move(batch: tuple[Tensor, Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+def move(batch: Batch, device: torch.device) -> Batch:
     inputs, labels = batch
     non_blocking = device.type == "cuda"
     return inputs.to(device, non_blocking=non_blocking), labels.to(device, non_blocking=non_blocking)
 
 
-BatchTransform = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-EventsTransform = Callable[[Tensor], Tensor]
+class ModelEma:
+    """An exponential moving average of the weights and buffers (timm's ``ModelEmaV3``), with the
+    number of updates it has seen (its warm-up depends on it), saved and restored exactly."""
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool) -> None:
+        from timm.utils import ModelEmaV3
+
+        self.ema = ModelEmaV3(model, decay=decay, use_warmup=warmup)
+        self.updates = 0
+
+    @property
+    def module(self) -> nn.Module:
+        return self.ema.module
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        self.ema.update(model, step=self.updates)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state_dict": self.ema.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.ema.module.load_state_dict(state["state_dict"])
+        self.updates = int(state["updates"])
+
+
+@dataclass
+class StepParts:
+    """Everything one training step touches, built once per run (``builders.build_run``)."""
+
+    model: nn.Module  # runs the forward: the DDP / compiled wrapper of ``plain``
+    plain: nn.Module  # the model itself (its weights are checkpointed and averaged by the EMA)
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    amp: AmpSettings
+    device: torch.device
+    converter: nn.Module | None = None  # I2E; None for datasets that already are events
+    scaler: torch.amp.GradScaler | None = None  # fp16 loss scaling
+    batch_transform: BatchTransform | None = None  # on the device, before I2E (augmentation, mixing)
+    events_transform: EventsTransform | None = None  # on the events (e.g. a random temporal subset)
+    clip_grad_norm: float | None = None
+    ema: ModelEma | None = None
+
+    def reseed(self, seed: int) -> None:
+        """Every random part draws from its own generator, reseeded per step: a resumed run replays
+        the same I2E pairs, augmentation and subsets without storing generator states."""
+        for salt, part in enumerate((self.converter, self.batch_transform, self.events_transform)):
+            if hasattr(part, "manual_seed"):
+                part.manual_seed(mix_seed(seed, salt))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Parts whose behaviour follows the epoch (the mixup/CutMix schedule)."""
+        for part in (self.batch_transform, self.events_transform):
+            if hasattr(part, "set_epoch"):
+                part.set_epoch(epoch)
+
+
+@dataclass
+class StepOutput:
+    """This rank's sums of one step and the flags all ranks agreed on (read in the step's one sync)."""
+
+    loss_sum: float
+    correct1: float
+    samples: float
+    nonfinite: bool  # on any rank: the step was not taken
+    stop: bool  # a stop signal reached any rank
+    grad_norm: float | None = None  # before clipping, when clipping is on
 
 
 def train_step(
-    model: nn.Module,
-    inputs: Tensor,
-    labels: Tensor,
-    *,
-    converter: Converter | None,
-    criterion: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    amp: AmpSettings,
-    scaler: torch.amp.GradScaler | None = None,
-    batch_transform: BatchTransform | None = None,
-    events_transform: EventsTransform | None = None,
-) -> StepResult:
-    """One optimisation step on a batch already on the device.
+    parts: StepParts, micro_batches: Sequence[Batch], *, seed: int, stop: bool = False
+) -> StepOutput:
+    """One optimiser step over one or more micro-batches (gradient accumulation).
 
-    ``batch_transform(inputs, labels) -> (inputs, targets)`` runs on the device before conversion
-    (batched augmentation; mixing augmentations return soft targets); ``events_transform`` runs on
-    the events (e.g. a random temporal subset). Top-1 is counted against the hard ``labels``.
+    The only host sync is one read of the step's flags and sums; under DDP the non-finite check
+    and the stop signal share one collective. A NaN/Inf loss on any rank skips the update on all
+    ranks (never poisoning the weights); the caller decides whether to stop.
     """
-    try:
-        targets = labels
-        if batch_transform is not None:
-            inputs, targets = batch_transform(inputs, labels)
-        with amp.autocast():
-            events = to_events(inputs, converter, amp.dtype or torch.float32)
-            if events_transform is not None:
-                events = events_transform(events)
-            logits = model(events)
-        loss = criterion(logits.float(), targets)
-        loss_value = loss.item()
-        # Every rank must take the same branch, or DDP's gradient all-reduce would hang.
-        if not distributed.all_ranks_true(math.isfinite(loss_value), logits.device):
-            # Gradients of a NaN/Inf loss would poison the weights: never step on it.
-            optimizer.zero_grad(set_to_none=True)
-            return StepResult(loss_value, 0, labels.shape[0], finite=False)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+    parts.reseed(seed)
+    sums = torch.zeros(2, dtype=torch.float64, device=parts.device)  # loss sum, top-1 hits
+    samples = 0
+    for i, batch in enumerate(micro_batches):
+        images, labels = move(batch, parts.device)
+        inputs, targets = (
+            (images, labels) if parts.batch_transform is None else parts.batch_transform(images, labels)
+        )
+        with parts.amp.autocast():
+            events = to_events(inputs, parts.converter, parts.amp.dtype or torch.float32)
+            if parts.events_transform is not None:
+                events = parts.events_transform(events)
+            logits = parts.model(events)
+        loss = parts.criterion(logits.float(), targets)
+        # DDP all-reduces the gradients once, with the last micro-batch.
+        last = i == len(micro_batches) - 1
+        with contextlib.nullcontext() if last else distributed.no_sync(parts.model):
+            scaled = loss / len(micro_batches)
+            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+        functional.reset_net(parts.model)
+        samples += labels.shape[0]
+        hits = (logits.detach().argmax(1) == labels).sum()
+        sums += torch.stack([loss.detach().double() * labels.shape[0], hits.double()])
+    grad_norm = _unscale_and_clip(parts)
+    nonfinite, stop, (loss_sum, correct, norm) = distributed.step_flags(
+        ~torch.isfinite(sums[0]), stop, sums, grad_norm
+    )
+    if not nonfinite:
+        if parts.scaler is not None:
+            parts.scaler.step(parts.optimizer)
+            parts.scaler.update()
         else:
-            loss.backward()
-            optimizer.step()
-        correct1 = int((logits.detach().argmax(1) == labels).sum().item())
-        return StepResult(loss_value, correct1, labels.shape[0])
-    finally:
-        functional.reset_net(model)
+            parts.optimizer.step()
+        if parts.ema is not None:
+            parts.ema.update(parts.plain)
+    elif parts.scaler is not None and grad_norm is not None:
+        parts.scaler.update()  # unscale_ recorded this step's inf checks; the scaler expects an update
+    parts.optimizer.zero_grad(set_to_none=True)
+    return StepOutput(loss_sum, correct, samples, nonfinite, stop, None if grad_norm is None else norm)
+
+
+def _unscale_and_clip(parts: StepParts) -> Tensor | None:
+    """Gradient clipping (its norm before clipping), on true gradients: loss scaling undone first."""
+    if parts.clip_grad_norm is None:
+        return None
+    if parts.scaler is not None:
+        parts.scaler.unscale_(parts.optimizer)
+    params = [p for group in parts.optimizer.param_groups for p in group["params"] if p.grad is not None]
+    return torch.nn.utils.clip_grad_norm_(params, parts.clip_grad_norm)
 
 
 @dataclass
 class EpochStats:
+    """Sums of an epoch (this rank's until :meth:`reduce`)."""
+
     loss_sum: float = 0.0
-    correct1: int = 0
-    samples: int = 0
+    correct1: float = 0.0
+    samples: float = 0.0
     steps: int = 0
     skipped_steps: int = 0
-    seconds: float = 0.0
+    grad_norm_sum: float = 0.0
 
     @property
     def loss(self) -> float:
@@ -136,60 +216,23 @@ class EpochStats:
     def top1(self) -> float:
         return 100.0 * self.correct1 / max(self.samples, 1)
 
-    def add(self, r: StepResult) -> None:
+    def add(self, out: StepOutput) -> None:
         self.steps += 1
-        if not r.finite:
+        if out.nonfinite:
             self.skipped_steps += 1
             return
-        self.loss_sum += r.loss * r.samples
-        self.correct1 += r.correct1
-        self.samples += r.samples
+        self.loss_sum += out.loss_sum
+        self.correct1 += out.correct1
+        self.samples += out.samples
+        self.grad_norm_sum += out.grad_norm or 0.0
 
     def reduce(self, device: torch.device) -> EpochStats:
-        """Totals over all ranks."""
-        t = torch.tensor(
-            [self.loss_sum, self.correct1, self.samples, self.skipped_steps],
-            dtype=torch.float64,
-            device=device,
-        )
+        """Totals over all ranks (a collective)."""
+        t = torch.tensor([self.loss_sum, self.correct1, self.samples], dtype=torch.float64, device=device)
         distributed.all_reduce_sum(t)
-        loss_sum, c1, n, skipped = t.tolist()
-        return EpochStats(loss_sum, int(c1), int(n), self.steps, int(skipped), self.seconds)
-
-
-def train_one_epoch(
-    model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
-    *,
-    epoch: int,
-    device: torch.device,
-    step_fn: Callable[[Tensor, Tensor, int], StepResult],
-    converter: Converter | None = None,
-    stats: EpochStats | None = None,
-    on_step: Callable[[int, StepResult], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-    skip_nonfinite: bool = False,
-) -> EpochStats:
-    """Run ``step_fn(inputs, labels, step_index)`` over the batches, accumulating into ``stats``
-    (which may hold the first part of an interrupted epoch). ``on_step`` sees every completed
-    step (progress, step checkpoints); ``should_stop`` is polled after each step (preemption)."""
-    model.train()
-    if isinstance(converter, nn.Module):
-        converter.train()
-    stats = stats if stats is not None else EpochStats()
-    start = time.perf_counter()
-    for batch in batches:
-        inputs, labels = move(batch, device)
-        result = step_fn(inputs, labels, stats.steps)
-        if not result.finite and not skip_nonfinite:
-            raise NonFiniteLossError(epoch, stats.steps + 1, result.loss)
-        stats.add(result)
-        if on_step is not None:
-            on_step(stats.steps, result)
-        if should_stop is not None and should_stop():
-            break
-    stats.seconds += time.perf_counter() - start
-    return stats
+        loss_sum, c1, n = t.tolist()
+        # Steps and skip decisions are the same on every rank (the step's flags are agreed).
+        return EpochStats(loss_sum, c1, n, self.steps, self.skipped_steps, self.grad_norm_sum)
 
 
 @dataclass
@@ -213,18 +256,18 @@ class EvalResult:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    batches: Iterable[tuple[Tensor, Tensor]],
+    batches: Iterable[Batch],
     *,
     num_classes: int,
     device: torch.device,
-    converter: Converter | None,
+    converter: nn.Module | None,
     amp: AmpSettings,
     limit_batches: int | None = None,
 ) -> EvalResult:
     """Top-1/top-5, mean cross-entropy and the confusion matrix, summed over all ranks.
 
     Each rank must see a disjoint share of the validation set (see ``data.sampler``), so every
-    sample is counted exactly once.
+    sample is counted exactly once. ``amp`` is the evaluation precision (fp32 by default).
     """
     model.eval()
     if isinstance(converter, nn.Module):
@@ -233,6 +276,7 @@ def evaluate(
     criterion = nn.CrossEntropyLoss(reduction="sum")
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=device)
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, samples
+    samples = 0
     k = min(5, num_classes)
     for batch in _limit(batches, limit_batches):
         inputs, labels = move(batch, device)
@@ -241,17 +285,14 @@ def evaluate(
         functional.reset_net(model)
         topk = logits.topk(k, dim=1).indices
         hit = topk == labels[:, None]
-        totals += torch.stack(
-            [
-                criterion(logits, labels).double(),
-                hit[:, 0].sum().double(),
-                hit.any(1).sum().double(),
-                torch.tensor(labels.shape[0], dtype=torch.float64, device=device),
-            ]
+        totals[:3] += torch.stack(
+            [criterion(logits, labels).double(), hit[:, 0].sum().double(), hit.any(1).sum().double()]
         )
+        samples += labels.shape[0]
         confusion.index_put_(
             (labels, topk[:, 0]), torch.ones_like(labels, dtype=torch.float64), accumulate=True
         )
+    totals[3] = samples
     distributed.all_reduce_sum(totals)
     distributed.all_reduce_sum(confusion)
     loss_sum, c1, c5, n = totals.tolist()

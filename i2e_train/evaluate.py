@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli
+from . import cli, config
 from .errors import CheckpointError, UserError
 
 PROG = "i2e-eval"
@@ -47,8 +47,11 @@ def merge_with_checkpoint_config(
             merge=False,
             force_add=True,
         )
-    for key in ("checkpoint", "out_dir"):
+    for key in ("checkpoint", "out_dir", "use_ema"):
         merged[key] = composed[key]
+    if "ratio" in merged.get("dataset", {}):
+        # Configs stored before the ratio moved to i2e.ratio (its one home) kept a copy here.
+        merged.dataset.pop("ratio")
     return merged
 
 
@@ -56,11 +59,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Heavy imports here, so that a mistyped command line is answered at once.
     import torch
 
-    from . import builders, checkpoint, distributed, engine
-    from .data.sampler import EpochSampler, SeededDataset
+    from . import builders, checkpoint, distributed, engine, speed
+    from .data.loading import val_loader
+    from .monitor import setup_logging
     from .report import SpikeActivity
     from .report import summary_lines as spiking_summary
-    from .trainer import TrainerOptions
 
     ckpt_path = Path(cfg.checkpoint)
     ckpt = checkpoint.load_checkpoint(ckpt_path)
@@ -69,35 +72,37 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     cfg = merge_with_checkpoint_config(cfg, stored, list(HydraConfig.get().overrides.task))
     out_dir = Path(HydraConfig.get().runtime.output_dir)
 
-    opts = builders.options(TrainerOptions, builders.section(cfg, "trainer"), "trainer")
+    opts = config.read(config.TrainerOptions, cfg, "trainer")
     try:
         dist = distributed.init_distributed(opts.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    from .monitor import setup_logging
-
     setup_logging(out_dir, dist.rank, filename="eval.log")
     try:
-        amp = builders.resolve_amp(opts.precision, dist.device)
+        speed.set_threads(opts.threads, dist.device)
+        amp = builders.resolve_eval_amp(
+            opts.eval_precision, builders.resolve_amp(opts.precision, dist.device)
+        )
         data = builders.build_data(cfg)
-        model = builders.build_network(cfg, data.num_classes, dist.device, amp)
+        model = builders.build_network(str(cfg.model.name), data.num_classes).to(dist.device)
+        speed.prepare_model(model, dist.device, amp.dtype, neuron_precision=opts.neuron_precision)
+        use_ema = bool(cfg.get("use_ema", True)) and bool(ckpt.get("ema"))
         try:
-            checkpoint.load_weights(model, ckpt_path)
+            checkpoint.load_weights(model, ckpt_path, ema=use_ema)
         except CheckpointError as e:
             source = "its stored config" if stored else "the command line (model=..., dataset=...)"
             raise CheckpointError(f"{e} (model and dataset came from {source})") from None
-        converter = builders.build_converter(cfg, data, int(cfg.get("seed", 0)), amp)
+        i2e = config.read(config.I2EOptions, cfg, "i2e")
+        converter = builders.build_converter(i2e, data, int(cfg.get("seed", 0)), amp.dtype or torch.float32)
         if converter is not None:
-            converter.eval()
-        sampler = EpochSampler(
-            len(data.val), shuffle=False, rank=dist.rank, world_size=dist.world_size, pad=False
-        )
-        loader = torch.utils.data.DataLoader(
-            SeededDataset(data.val, data.val_transform),
-            batch_size=opts.val_batch_size or max(opts.batch_size // dist.world_size, 1),
-            sampler=sampler,
-            num_workers=opts.num_workers,
-            pin_memory=dist.device.type == "cuda",
+            converter.to(dist.device).eval()
+        loader = val_loader(
+            data,
+            batch_size=opts.val_batch(dist.world_size),
+            rank=dist.rank,
+            world_size=dist.world_size,
+            workers=config.resolve_workers(opts.num_workers),
+            device=dist.device,
         )
         with SpikeActivity(model) as activity:
             result = engine.evaluate(
@@ -113,6 +118,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         report = {
             "checkpoint": str(ckpt_path),
             "epoch": ckpt.get("epoch"),
+            "weights": "ema" if use_ema else "model",
+            "precision": str(amp.dtype or "fp32").removeprefix("torch."),
             "model": str(cfg.model.name),
             "dataset": str(cfg.dataset.name),
             "top1": result.top1,

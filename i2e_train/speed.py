@@ -28,12 +28,12 @@ import torch
 from spikingjelly.activation_based import functional, neuron
 from torch import Tensor, nn
 
+from . import distributed
+from .config import MEMOPT_LEVELS, NEURON_PRECISION, TrainerOptions
 from .errors import UserError
 from .models import neuron_input_fp32
 from .monitor import log
 
-NEURON_PRECISION = ("auto", "spikingjelly", "cast")
-MEMOPT_LEVELS = (0, 1)
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -107,6 +107,56 @@ def configure_backends(device: torch.device, cudnn_benchmark: bool) -> None:
     """cuDNN autotuning: input shapes are fixed in training, so the search pays for itself."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = bool(cudnn_benchmark)
+
+
+@dataclass
+class Prepared:
+    """A model made ready to train, and how."""
+
+    train_model: nn.Module  # what runs the forward: the model, or its DDP / compiled wrapper
+    neuron_state: str  # how the LIF state stays fp32: none | spikingjelly | cast
+    memopt_blocks: int  # residual blocks under SpikingJelly's memory optimiser
+
+
+def prepare_for_training(
+    model: nn.Module,
+    options: TrainerOptions,
+    info: distributed.DistInfo,
+    amp_dtype: torch.dtype | None,
+    example: Callable[[], Tensor] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+) -> Prepared:
+    """The one place a model is made ready for training, in the order that works: SyncBatchNorm
+    (replaces modules: before the optimizer is built) -> device -> fp32 neuron state ->
+    channels_last -> memopt (probed with ``example()`` events under ``autocast``) -> DDP -> compile.
+    The optimizer is built on ``model``'s parameters afterwards (none of the later steps replaces them)."""
+    if options.sync_batchnorm and info.distributed:
+        if info.device.type != "cuda":
+            raise UserError(
+                "trainer.sync_batchnorm needs CUDA devices (PyTorch's SyncBatchNorm is GPU-only); set it false"
+            )
+        distributed.convert_sync_batchnorm(model)
+    model.to(info.device)
+    configure_backends(info.device, options.cudnn_benchmark)
+    method = prepare_model(
+        model,
+        info.device,
+        amp_dtype,
+        neuron_precision=options.neuron_precision,
+        channels_last=options.channels_last,
+    )
+    blocks = 0
+    if options.memopt:
+        from .models.ms_resnet import MSBasicBlock
+
+        if example is None:
+            raise ValueError("trainer.memopt needs an example batch to probe the model")
+        blocks = apply_memopt(model, example(), options.memopt, (MSBasicBlock,), autocast)
+        log.info("memopt level %d: %d residual blocks checkpointed", options.memopt, blocks)
+    train_model = distributed.wrap_model(model, info)
+    if options.compile:
+        train_model = compile_model(train_model)
+    return Prepared(train_model, method, blocks)
 
 
 def compile_model(model: nn.Module, backend: str = "inductor") -> nn.Module:
@@ -240,3 +290,13 @@ class KernelReport:
             if "sj_lif" in line and "implementation=" in line:
                 return line.split("implementation=", 1)[1].split()[0]
         return None
+
+
+def set_threads(threads: int | str | None, device: torch.device) -> int:
+    """``trainer.threads``: torch's intra-op CPU threads (null: torch's choice; auto: the cores this
+    process may run on). Returns the number in use."""
+    from .config import usable_cpus
+
+    if threads is not None:
+        torch.set_num_threads(usable_cpus() if threads == "auto" else int(threads))
+    return torch.get_num_threads()

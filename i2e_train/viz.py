@@ -24,15 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from . import cli
 from .errors import UserError
+from .render import OFF_RGB, ON_RGB, event_frames_rgb
 
 if TYPE_CHECKING:  # numpy/torch are imported where used: `i2e-viz --help` answers at once
     import numpy as np
     from torch import Tensor
 
 PROG = "i2e-viz"
-ON_RGB = (214, 39, 40)  # red
-OFF_RGB = (31, 119, 180)  # blue
-BACKGROUND_RGB = (255, 255, 255)
 GROUP_KIND = ("α", "α", "β", "β", "γ", "γ", "γ", "γ")  # DESIGN section 2, table of groups
 DEFAULT_RATIO = 0.12  # the paper's ratio for 224x224 photographs
 DEFAULT_SIZE = 224
@@ -48,27 +46,6 @@ class EventSample:
     groups: list[int] | None = None
     title: str = ""
     details: list[str] = field(default_factory=list)
-
-
-def event_frames_rgb(
-    events_TCHW: Tensor | np.ndarray,
-    on: tuple[int, int, int] = ON_RGB,
-    off: tuple[int, int, int] = OFF_RGB,
-    background: tuple[int, int, int] = BACKGROUND_RGB,
-) -> np.ndarray:
-    """uint8 ``[T, H, W, 3]``: ON pixels in ``on``, OFF in ``off`` (ON wins where both; I2E never
-    emits both, DVS frames may)."""
-    import numpy as np
-    from torch import Tensor
-
-    ev = events_TCHW.detach().cpu().numpy() if isinstance(events_TCHW, Tensor) else np.asarray(events_TCHW)
-    if ev.ndim != 4 or ev.shape[1] != 2:
-        raise ValueError(f"expected events [T, 2, H, W], got shape {tuple(ev.shape)}")
-    frames = np.empty((*ev.shape[:1], *ev.shape[2:], 3), dtype=np.uint8)
-    frames[:] = np.asarray(background, dtype=np.uint8)
-    frames[ev[:, 1] > 0] = off
-    frames[ev[:, 0] > 0] = on
-    return frames
 
 
 def sample_from_image(

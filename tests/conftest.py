@@ -11,6 +11,18 @@ from pathlib import Path
 import pytest
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests run only where PyTorch sees a CUDA GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @dataclass
 class CliResult:
     returncode: int
@@ -62,3 +74,18 @@ def cli(tmp_path: Path):
         return run_cli(module, *args, cwd=tmp_path, **kw)
 
     return _run
+
+
+def compose(*overrides: str, config: str = "train"):
+    """The config a command line composes (validated as the CLI does), e.g. ``compose("trainer.epochs=2")``."""
+    from i2e_train.cli import precheck, register_resolvers
+
+    register_resolvers()
+    return precheck(config, list(overrides))
+
+
+def build_test_run(run_dir: Path, *overrides: str):
+    """A real training run (``builders.build_run``) with CPU smoke settings, in process."""
+    from i2e_train.builders import build_run
+
+    return build_run(compose(*SMOKE, *overrides), run_dir)

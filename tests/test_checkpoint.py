@@ -15,6 +15,7 @@ import torch
 
 from i2e_train import checkpoint
 from i2e_train.errors import CheckpointError
+from i2e_train.files import TMP_MARK, remove_stale_temporaries
 from i2e_train.models import build_model
 
 
@@ -131,12 +132,16 @@ def test_kill_during_save_keeps_previous_file(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script, str(target)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "saving"
     deadline = time.time() + 30
-    while not any(p.name.endswith(".tmp") for p in tmp_path.iterdir()):  # the temp file is being written
+    while not any(TMP_MARK in p.name for p in tmp_path.iterdir()):  # the temp file is being written
         assert time.time() < deadline and proc.poll() is None, "save finished before it could be killed"
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoint.load_checkpoint(target)["epoch"] == 1
+    # The killed writer's partial file is removed by the next run that opens the folder.
+    assert [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
+    assert remove_stale_temporaries(tmp_path) == 1
+    assert not [p for p in tmp_path.iterdir() if TMP_MARK in p.name]
 
 
 def test_rng_state_round_trip(tmp_path):

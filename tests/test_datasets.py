@@ -407,7 +407,7 @@ def test_i2e_convert_output_trains_as_a_preconverted_dataset(tmp_path, fmt):
 
 
 def test_device_augment_gets_stored_size_images_and_chains_with_mixup(tmp_path):
-    from i2e_train import builders
+    from i2e_train import builders, config
     from i2e_train.cli import precheck, register_resolvers
     from i2e_train.data.transforms import ChainBatch
 
@@ -422,12 +422,16 @@ def test_device_augment_gets_stored_size_images_and_chains_with_mixup(tmp_path):
         "extras.mixup_alpha=0.4",
     ]
     cfg = precheck("train", args)
-    b = builders.build_data(cfg)
+    b = builders.build_data(cfg, device_augment=True)
     image, _ = b.train[0]
     stored = b.train_transform(image)
     assert stored.shape == (3, 32, 32) and torch.equal(stored, TF.pil_to_tensor(image))  # no CPU augmentation
     assert b.val_transform(b.val[0][0]).shape == (3, 128, 128)
-    chain = builders.build_batch_transform(cfg, b)
+    opts, extras = (
+        config.read(config.TrainerOptions, cfg, "trainer"),
+        config.read(config.ExtrasOptions, cfg, "extras"),
+    )
+    chain = builders.build_batch_transform(opts, extras, b, 128, seed=0)
     assert isinstance(chain, ChainBatch) and len(chain.transforms) == 2
     batch = torch.stack([b.train_transform(b.train[i][0]) for i in range(4)])
     labels = torch.tensor([b.train[i][1] for i in range(4)])
@@ -444,4 +448,4 @@ def test_device_augment_gets_stored_size_images_and_chains_with_mixup(tmp_path):
     with pytest.raises(
         UserError, match="trainer.device_augment augments images, but 'i2e_npz' already holds events"
     ):
-        builders.build_data(precheck("train", args))
+        builders.build_data(precheck("train", args), device_augment=True)

@@ -118,7 +118,7 @@ def test_decode_jpeg_batch_on_cpu(tmp_path) -> None:
         assert torch.equal(out[i], TF.resize(decode_jpeg(data), [48, 48], antialias=True))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_torchvision_on_the_same_device_and_cpu_crops() -> None:
     x = cifar_like(batch=16)
     aug = build_device_augment("baseline2", 128, seed=5)

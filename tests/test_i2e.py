@@ -556,7 +556,7 @@ def test_event_rate_empty() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_reference() -> None:
     x8 = photo_batch(64, 48)
     xf = photo_batch_float(64, 48)

@@ -335,10 +335,8 @@ def test_kernel_compiles_for_sm90(x_type: str, out_type: str, flags: dict) -> No
 # CUDA: the compiled kernel (runs where a GPU is present)
 # --------------------------------------------------------------------------
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
-
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_kernel_matches_torch_path(dtype: torch.dtype) -> None:
     gen = torch.Generator().manual_seed(7)
@@ -356,7 +354,7 @@ def test_cuda_kernel_matches_torch_path(dtype: torch.dtype) -> None:
             assert_same(i2e_convert(x, 0.07, pairs=pairs, dtype=dtype), expected)  # auto -> triton
 
 
-@cuda
+@pytest.mark.gpu
 def test_cuda_kernel_per_sample_packed_and_large_batch() -> None:
     gen = torch.Generator().manual_seed(8)
     x = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8, generator=gen).cuda()

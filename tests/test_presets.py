@@ -58,7 +58,7 @@ def test_preset_composes_with_the_papers_values(name):
     assert cfg.sched.lr_min == pytest.approx(lr_min) and cfg.sched.warmup_epochs == 0
     assert cfg.optim.name == "sgd" and cfg.optim.momentum == 0.9 and cfg.loss.label_smoothing == 0.1
     if ratio is not None:
-        assert cfg.i2e.ratio == pytest.approx(ratio) and cfg.dataset.ratio == pytest.approx(ratio)
+        assert cfg.i2e.ratio == pytest.approx(ratio)
     if augment is not None:
         assert cfg.dataset.augment == augment and cfg.dataset.interpolation == "bilinear"
     if ds == "imagenet":
@@ -87,12 +87,18 @@ def test_preset_files_comment_every_key_and_state_the_row(name):
             assert " # " in line, f"{path.name}: uncommented key: {line}"
 
 
-def test_dataset_config_files_comment_every_key():
-    for path in sorted((ROOT / "configs" / "dataset").glob("*.yaml")):
+def test_every_config_file_comments_every_key():
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
         for line in path.read_text().splitlines():
-            if re.match(r"^\w+:", line):
-                assert " # " in line, f"{path.name}: uncommented key: {line}"
-        assert yaml.safe_load(path.read_text())["name"] == path.stem
+            if re.match(r"^\s*\w+:\s*\S", line) and not line.lstrip().startswith("- "):
+                assert " # " in line or line.lstrip().startswith("#"), f"{path}: uncommented key: {line}"
+
+
+def test_dataset_files_name_their_builder_and_set_the_i2e_ratio():
+    for path in sorted((ROOT / "configs" / "dataset").glob("*.yaml")):
+        content = yaml.safe_load(path.read_text())
+        assert content["dataset"]["name"] == path.stem
+        assert set(content) == {"dataset", "i2e"} and set(content["i2e"]) == {"ratio"}
 
 
 def test_readme_table_lists_every_preset_with_the_papers_top1():

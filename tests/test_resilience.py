@@ -258,3 +258,41 @@ def test_torchrun_restart_resumes_without_being_asked(tmp_path):
     assert "torchrun restart 1: resuming" in again.stderr and "nothing to do" in again.stderr
     fresh = run_cli("train", "run_dir=run", *SMOKE, "resume=auto", cwd=tmp_path / "run" / "checkpoints")
     assert "no checkpoint in" in fresh.stderr  # resume=auto in an empty run_dir starts a new run
+
+
+def _collectives(tmp_path: Path, steps: int) -> list[dict[str, int]]:
+    out = tmp_path / f"counts{steps}"
+    args = (
+        f"run_dir={tmp_path / f'run{steps}'}",
+        "trainer.epochs=1",
+        "trainer.batch_size=8",
+        f"trainer.limit_train_batches={steps}",
+        "trainer.limit_val_batches=1",
+        "trainer.progress=false",
+        "trainer.tensorboard=false",
+        "trainer.device=cpu",
+        "dataset.image_size=16",
+    )
+    tool = Path(__file__).parent / "tools" / "count_collectives.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(tool),
+        str(out),
+    ]
+    res = subprocess.run([*cmd, *args], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow
+def test_ddp_training_step_makes_exactly_one_collective(tmp_path):
+    """Runs of 2 and 6 steps differ only in their 4 extra steps: each costs one all-reduce (the
+    non-finite check and the stop signal together) besides DDP's own gradient reduction."""
+    short, long = _collectives(tmp_path, 2), _collectives(tmp_path, 6)
+    for a, b in zip(short, long, strict=True):
+        per_step = {k: (b.get(k, 0) - a.get(k, 0)) / 4 for k in set(a) | set(b)}
+        assert {k: v for k, v in per_step.items() if v} == {"all_reduce": 1.0}, (a, b)

@@ -6,14 +6,15 @@ import copy
 
 import pytest
 import torch
+from conftest import compose
 from spikingjelly.activation_based import functional, neuron
 
-from i2e_train import builders, engine, speed
+from i2e_train import config, engine, speed
+from i2e_train.config import TrainerOptions
 from i2e_train.errors import UserError
 from i2e_train.i2e import I2E
 from i2e_train.models import build_model
 from i2e_train.models.ms_resnet import MSBasicBlock
-from i2e_train.trainer import TrainerOptions
 
 CPU = torch.device("cpu")
 
@@ -27,19 +28,20 @@ def lif_states(model: torch.nn.Module) -> list[torch.Tensor]:
     return [m.v for m in model.modules() if isinstance(m, neuron.LIFNode)]
 
 
-def one_step(model: torch.nn.Module, amp_dtype: torch.dtype | None, size: int = 16) -> engine.StepResult:
+def one_step(model: torch.nn.Module, amp_dtype: torch.dtype | None, size: int = 16) -> engine.StepOutput:
     """A real training step (I2E + forward + backward + SGD) on photographs-free synthetic images."""
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (2, 3, size, size), dtype=torch.uint8, generator=gen)
-    return engine.train_step(
-        model,
-        images,
-        torch.tensor([1, 3]),
-        converter=I2E(0.1, dtype=amp_dtype or torch.float32),
-        criterion=torch.nn.CrossEntropyLoss(),
+    parts = engine.StepParts(
+        model=model,
+        plain=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.01),
+        criterion=torch.nn.CrossEntropyLoss(),
         amp=engine.AmpSettings("cpu", amp_dtype),
+        device=CPU,
+        converter=I2E(0.1, dtype=amp_dtype or torch.float32),
     )
+    return engine.train_step(parts, [(images, torch.tensor([1, 3]))], seed=0)
 
 
 def test_neuron_precision_resolution() -> None:
@@ -75,7 +77,7 @@ def test_bf16_cast_keeps_state_fp32_and_composes_with_channels_last(channels_las
     assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last) == channels_last
     with speed.observe_lif(model) as seen:
         result = one_step(model, torch.bfloat16)
-    assert result.finite
+    assert not result.nonfinite
     assert seen.input_dtype == torch.float32 and seen.state_dtype == torch.float32
     assert speed.lif_kernel(model, CPU, torch.bfloat16, compiled=False) == "torch-reference (CPU)"
 
@@ -164,17 +166,18 @@ def test_spikingjelly_log_is_captured() -> None:
     ],
 )
 def test_trainer_speed_keys_are_validated(key: str, value: object, needle: str) -> None:
+    defaults = config.section(compose(), "trainer")
     with pytest.raises(UserError, match=needle):
-        builders.options(TrainerOptions, {key: value}, "trainer")
+        config.options(TrainerOptions, {**defaults, key: value}, "trainer")
 
 
 def test_trainer_defaults_are_the_safe_ones() -> None:
-    opts = TrainerOptions()
+    opts = config.read(TrainerOptions, compose(), "trainer")
     assert (opts.neuron_precision, opts.channels_last, opts.compile, opts.memopt) == ("auto", False, False, 0)
     assert opts.cudnn_benchmark and opts.device_augment is None
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["spikingjelly", "cast"])
 def test_cuda_bf16_runs_a_fused_lif_kernel(mode: str) -> None:
     device = torch.device("cuda")

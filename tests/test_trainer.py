@@ -1,4 +1,6 @@
-"""The fit loop in process: non-finite losses, callbacks, the schedule on resume."""
+"""The step and the fit loop in process, on runs assembled by ``builders.build_run`` exactly as
+``i2e-train`` assembles them: non-finite losses, callbacks, resume rules, checkpoints, accumulation,
+clipping, EMA, the mix schedule, the sampler, exact event counts."""
 
 from __future__ import annotations
 
@@ -7,66 +9,43 @@ import math
 
 import pytest
 import torch
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
+from conftest import build_test_run, compose
 from torch import nn
 
 from i2e_train import checkpoint, distributed, engine
-from i2e_train.data import build_datasets
+from i2e_train.builders import build_run
+from i2e_train.callbacks import Callback
+from i2e_train.data.sampler import EpochSampler
 from i2e_train.errors import UserError
-from i2e_train.i2e import I2E
-from i2e_train.models import build_model
-from i2e_train.trainer import Callback, Trainer, TrainerOptions
+
+RUN = (
+    "trainer.epochs=2",
+    "trainer.limit_train_batches=3",
+    "dataset.image_size=16",
+    "trainer.preview_samples=0",
+)
 
 
-class NaNAfter(nn.Module):
-    """A real MS-ResNet whose output turns NaN on chosen training calls (a diverging run)."""
+class NaNOn(nn.Module):
+    """Wraps the run's model: its output turns NaN on chosen training calls (a diverging run)."""
 
-    def __init__(self, bad_calls: set[int]) -> None:
+    def __init__(self, net: nn.Module, bad_calls: set[int]) -> None:
         super().__init__()
-        self.net = build_model("ms_resnet18", 10)
-        self.bad_calls = bad_calls
-        self.calls = 0
+        self.net, self.bad_calls, self.calls = net, bad_calls, 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(x)
-        if self.training:
-            self.calls += 1
-            if self.calls in self.bad_calls:
-                return out * float("nan")
-        return out
+        self.calls += 1
+        return out * float("nan") if self.calls in self.bad_calls else out
 
 
-def _trainer(tmp_path, model: nn.Module, epochs: int = 2, **opts) -> Trainer:
-    torch.manual_seed(0)
-    data = build_datasets("digits", image_size=16)
-    optimizer = create_optimizer_v2(model, opt="sgd", lr=0.05, weight_decay=1e-4, momentum=0.9)
-    options = TrainerOptions(
-        epochs=epochs,
-        batch_size=8,
-        limit_train_batches=3,
-        limit_val_batches=2,
-        progress=False,
-        tensorboard=False,
-        device="cpu",
-        **opts,
-    )
-    return Trainer(
-        model=model,
-        converter=I2E(0.1),
-        data=data,
-        optimizer=optimizer,
-        scheduler=CosineLRScheduler(optimizer, t_initial=epochs, lr_min=1e-4),
-        criterion=nn.CrossEntropyLoss(label_smoothing=0.1),
-        options=options,
-        dist=distributed.DistInfo(),
-        amp=engine.AmpSettings(),
-        run_dir=tmp_path,
-    )
+def rows(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(tmp_path):
-    trainer = _trainer(tmp_path, NaNAfter({5}))  # 3 steps per epoch: call 5 = epoch 2, step 2
+    trainer = build_test_run(tmp_path, *RUN)
+    trainer.parts.model = NaNOn(trainer.parts.model, {5})  # 3 steps per epoch: call 5 = epoch 2, step 2
     with pytest.raises(UserError, match=r"non-finite loss \(nan\) at epoch 2, step 2.*last\.pt is intact"):
         trainer.fit()
     ckpt = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
@@ -75,14 +54,13 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(tm
 
 
 def test_skip_nonfinite_skips_and_counts(tmp_path):
-    model = NaNAfter({2, 5})
-    trainer = _trainer(tmp_path, model, skip_nonfinite=True)
+    trainer = build_test_run(tmp_path, *RUN, "trainer.skip_nonfinite=true")
+    trainer.parts.model = NaNOn(trainer.parts.model, {2, 5})
     trainer.fit()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["skipped_steps"] for r in rows] == [1, 1]
-    assert [r["train_samples"] for r in rows] == [16, 16]  # the skipped batches are not counted
-    assert all(math.isfinite(r["train_loss"]) for r in rows)
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert [r["skipped_steps"] for r in rows(tmp_path)] == [1, 1]
+    assert [r["train_samples"] for r in rows(tmp_path)] == [16, 16]  # the skipped batches are not counted
+    assert all(math.isfinite(r["train_loss"]) for r in rows(tmp_path))
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
 def test_callbacks_see_every_epoch_and_extend_the_row(tmp_path):
@@ -90,51 +68,161 @@ def test_callbacks_see_every_epoch_and_extend_the_row(tmp_path):
 
     class Probe(Callback):
         def on_fit_start(self, trainer):
-            seen.append(("start", trainer.start_epoch))
+            seen.append(("start", trainer.progress.epoch))
 
         def on_epoch_end(self, trainer, row):
             seen.append(("end", row["epoch"]))
             row["probe"] = row["epoch"] * 10
 
-    trainer = _trainer(tmp_path, build_model("ms_resnet18", 10))
+    trainer = build_test_run(tmp_path, *RUN)
     trainer.callbacks.append(Probe())
     trainer.fit()
     assert seen == [("start", 0), ("end", 1), ("end", 2)]
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["probe"] for r in rows] == [10, 20]
+    assert [r["probe"] for r in rows(tmp_path)] == [10, 20]
 
 
 def test_resume_with_more_epochs_uses_the_new_schedule(tmp_path):
-    first = _trainer(tmp_path, build_model("ms_resnet18", 10), epochs=1)
-    first.fit()
-    longer = _trainer(tmp_path, build_model("ms_resnet18", 10), epochs=3)
+    build_test_run(tmp_path, *RUN, "trainer.epochs=1", "optim.lr=0.05", "sched.lr_min=1e-4").fit()
+    longer = build_test_run(tmp_path, *RUN, "trainer.epochs=3", "optim.lr=0.05", "sched.lr_min=1e-4")
     longer.restore("auto", None)
-    assert longer.start_epoch == 1 and longer.scheduler.t_initial == 3
+    assert longer.progress.epoch == 1 and longer.scheduler.t_initial == 3
     longer.fit()
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert [r["epoch"] for r in rows(tmp_path)] == [1, 2, 3]
     expected_lr2 = 1e-4 + 0.5 * (0.05 - 1e-4) * (1 + math.cos(math.pi * 1 / 3))
-    assert rows[1]["lr"] == pytest.approx(expected_lr2)
+    assert rows(tmp_path)[1]["lr"] == pytest.approx(expected_lr2)
 
 
 def test_finished_run_has_nothing_to_do(tmp_path):
-    _trainer(tmp_path, build_model("ms_resnet18", 10), epochs=1).fit()
-    again = _trainer(tmp_path, build_model("ms_resnet18", 10), epochs=1)
+    build_test_run(tmp_path, *RUN, "trainer.epochs=1").fit()
+    again = build_test_run(tmp_path, *RUN, "trainer.epochs=1")
     again.restore("auto", None)
     assert again.fit() == {}
 
 
-def test_global_batch_must_split_evenly(tmp_path):
-    with pytest.raises(UserError, match="not divisible by the 3 processes"):
-        Trainer(
-            model=build_model("ms_resnet18", 10),
-            converter=None,
-            data=build_datasets("digits", image_size=16),
-            optimizer=torch.optim.SGD(build_model("ms_resnet18", 10).parameters(), lr=0.1),
-            scheduler=None,
-            criterion=nn.CrossEntropyLoss(),
-            options=TrainerOptions(batch_size=8, device="cpu"),
-            dist=distributed.DistInfo(rank=0, world_size=3),
-            amp=engine.AmpSettings(),
-            run_dir=tmp_path,
+def test_global_batch_must_split_evenly_over_processes_and_accumulation(tmp_path):
+    three = distributed.DistInfo(rank=0, world_size=3)
+    with pytest.raises(UserError, match="not divisible by the 3 processes x 1 accumulation steps"):
+        build_run(compose(*RUN, "trainer.batch_size=8", "trainer.device=cpu"), tmp_path, three)
+
+
+def test_best_is_a_link_to_the_best_last_and_history_keeps_k(tmp_path):
+    trainer = build_test_run(tmp_path, *RUN, "trainer.epochs=3", "trainer.keep_checkpoints=2")
+    written = []
+    save = checkpoint.save_checkpoint
+    checkpoint.save_checkpoint = lambda state, path: written.append(path.name) or save(state, path)
+    try:
+        trainer.fit()
+    finally:
+        checkpoint.save_checkpoint = save
+    assert written == ["last.pt"] * 3  # serialised once per epoch, whatever else is kept
+    folder = tmp_path / "checkpoints"
+    assert [p.name for p in trainer.checkpoints.history()] == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert (folder / "epoch_0003.pt").stat().st_ino == (folder / "last.pt").stat().st_ino
+    best_epoch = max(rows(tmp_path), key=lambda r: r["val_top1"])["epoch"]  # first of equals wins
+    assert checkpoint.load_checkpoint(folder / "best.pt")["epoch"] == best_epoch
+
+
+def _one_step_weights(tmp_path, accumulate: int) -> dict[str, torch.Tensor]:
+    trainer = build_test_run(
+        tmp_path / f"acc{accumulate}",
+        "trainer.batch_size=16",
+        f"trainer.accumulate_steps={accumulate}",
+        "i2e.random_vectors=false",
+        "dataset.image_size=16",
+    )
+    # BatchNorm in eval mode: its statistics make per-sample losses depend on the batch otherwise.
+    trainer.parts.plain.train()
+    for m in trainer.parts.plain.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eval()
+    micro = next(trainer.batches.epoch(0))
+    assert len(micro) == accumulate and sum(len(b[1]) for b in micro) == 16
+    out = engine.train_step(trainer.parts, micro, seed=0)
+    assert out.samples == 16
+    return {k: v.clone() for k, v in trainer.parts.plain.state_dict().items()}
+
+
+def test_two_accumulated_micro_batches_make_the_update_of_one_batch(tmp_path):
+    one, two = _one_step_weights(tmp_path, 1), _one_step_weights(tmp_path, 2)
+    moved = [k for k in one if one[k].is_floating_point() and not torch.equal(one[k], two[k])]
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert moved  # same update up to summation order, not by not training
+
+
+def test_clipping_acts_on_unscaled_gradients_under_fp16_loss_scaling(tmp_path):
+    trainer = build_test_run(tmp_path, *RUN, "trainer.precision=fp16", "trainer.clip_grad_norm=0.05")
+    assert trainer.parts.scaler is not None and trainer.parts.scaler.get_scale() > 1
+    seen = []
+    step = trainer.parts.optimizer.step
+
+    def checked_step(*args, **kwargs):
+        grads = [
+            p.grad for g in trainer.parts.optimizer.param_groups for p in g["params"] if p.grad is not None
+        ]
+        seen.append(
+            float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
         )
+        return step(*args, **kwargs)
+
+    trainer.parts.optimizer.step = checked_step
+    trainer.parts.plain.train()
+    out = engine.train_step(trainer.parts, next(trainer.batches.epoch(0)), seed=0)
+    assert out.grad_norm is not None and out.grad_norm > 0.05  # the true norm, before clipping
+    assert seen and seen[0] <= 0.05 * (1 + 1e-3)  # what the optimiser got: unscaled, then clipped
+
+
+def test_ema_is_evaluated_saved_and_restored(tmp_path):
+    trainer = build_test_run(tmp_path, *RUN, "trainer.ema_decay=0.9", "trainer.epochs=1")
+    trainer.fit()
+    row = rows(tmp_path)[0]
+    assert {"val_top1_ema", "val_loss_ema"} <= set(row) and row["val_loss_ema"] != row["val_loss"]
+    ckpt = checkpoint.load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert ckpt["ema"]["updates"] == 3
+    again = build_test_run(tmp_path, *RUN, "trainer.ema_decay=0.9", "trainer.epochs=2")
+    again.restore("auto", None)
+    assert again.parts.ema.updates == 3
+    for k, v in ckpt["ema"]["state_dict"].items():
+        assert torch.equal(again.parts.ema.module.state_dict()[k], v)
+
+
+def test_mixing_stops_after_mix_until(tmp_path):
+    trainer = build_test_run(
+        tmp_path, *RUN, "extras.mixup_alpha=1.0", "trainer.epochs=3", "extras.mix_until=0.67"
+    )
+    mix = trainer.parts.batch_transform
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.arange(4)
+    assert mix.until_epoch == 2  # round(0.67 * 3): the first two of three epochs
+    for epoch, mixes in ((0, True), (1, True), (2, False)):
+        trainer.parts.set_epoch(epoch)
+        _, targets = mix(images, labels)
+        assert (targets.ndim == 2) == mixes, epoch  # soft targets only from a mixed batch
+
+
+def test_drop_last_drops_the_incomplete_share_and_pad_wraps():
+    padded = [len(EpochSampler(10, shuffle=True, rank=r, world_size=3)) for r in range(3)]
+    dropped = [len(EpochSampler(10, shuffle=True, rank=r, world_size=3, drop_last=True)) for r in range(3)]
+    assert padded == [4, 4, 4] and dropped == [3, 3, 3]
+    every = [
+        i for r in range(3) for i, _ in EpochSampler(10, shuffle=True, rank=r, world_size=3, drop_last=True)
+    ]
+    assert len(every) == len(set(every)) == 9  # nothing twice, one sample left out this epoch
+    resumed = EpochSampler(10, shuffle=True, rank=1, world_size=3, drop_last=True)
+    resumed.set_epoch(0, start=1)
+    assert list(resumed) == list(EpochSampler(10, shuffle=True, rank=1, world_size=3, drop_last=True))[1:]
+
+
+def test_stored_event_counts_reach_the_model_exactly_under_bf16():
+    counts = torch.tensor([0.0, 1.0, 255.0, 257.0, 1001.0]).view(1, 1, 1, 1, 5).expand(2, 8, 2, 1, 5)
+    events = engine.to_events(counts.contiguous(), None, torch.bfloat16)
+    assert events.dtype == torch.float32 and torch.equal(events[0, 0, 0, 0], counts[0, 0, 0, 0])
+    binary = engine.to_events(torch.ones(2, 8, 2, 1, 5, dtype=torch.bool), None, torch.bfloat16)
+    assert binary.dtype == torch.bfloat16 and binary.shape == (8, 2, 2, 1, 5)
+
+
+def test_training_in_bf16_evaluates_in_fp32_by_default(tmp_path):
+    trainer = build_test_run(tmp_path, *RUN, "trainer.precision=bf16")
+    assert trainer.parts.amp.dtype == torch.bfloat16 and trainer.eval_amp.dtype is None
+    same = build_test_run(tmp_path / "b", *RUN, "trainer.precision=bf16", "trainer.eval_precision=auto")
+    assert same.eval_amp.dtype == torch.bfloat16

@@ -10,38 +10,12 @@ the configured size after them — or, for datasets that already are events (``e
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from torch.utils.data import Dataset
-
 from ..errors import UserError
+from .registry import DATASETS, NON_BUILDER_KEYS, DataBundle, register
 
-
-@dataclass
-class DataBundle:
-    train: Dataset
-    val: Dataset
-    num_classes: int
-    train_transform: Callable[[Any], Any] | None = None
-    val_transform: Callable[[Any], Any] | None = None
-    events: bool = False
-    class_names: list[str] = field(default_factory=list)
-
-
-Builder = Callable[..., DataBundle]
-DATASETS: dict[str, Builder] = {}
-# Dataset config keys that configure other parts (the I2E ratio the paper used for the dataset).
-NON_BUILDER_KEYS = ("name", "ratio")
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        DATASETS[name] = fn
-        return fn
-
-    return deco
+__all__ = ["DATASETS", "DataBundle", "build_datasets", "register"]
 
 
 def build_datasets(name: str, **kwargs: Any) -> DataBundle:

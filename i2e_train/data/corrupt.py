@@ -5,7 +5,7 @@ naming the file. :class:`CorruptGuard` wraps such a dataset: with ``skip=False``
 the run; with ``skip=True`` the sample is *replaced* by the next readable sample of the dataset
 (index + 1, + 2, ...; deterministic, so resume and DDP stay exact and every batch keeps its size),
 a warning names the file, and a counter shared with the DataLoader workers lets
-:class:`SkippedSamplesReport` add ``skipped_samples`` to the epoch's metrics row.
+:class:`i2e_train.callbacks.SkippedSamplesReport` add ``skipped_samples`` to the epoch's metrics row.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from torch.utils.data import Dataset
 
 from ..errors import UserError
 from ..monitor import log
-from ..trainer import Callback, Trainer
 
 # Give up when this many samples in a row are unreadable: the folder is broken, not a few files.
 MAX_CONSECUTIVE = 64
@@ -96,27 +95,3 @@ class CorruptGuard(Dataset):
         total = self.skipped_total
         new, self._reported = total - self._reported, total
         return new
-
-
-class SkippedSamplesReport(Callback):
-    """Adds ``skipped_samples`` (all ranks, train + val, this epoch) to the metrics row and warns."""
-
-    def __init__(self, guards: list[CorruptGuard]) -> None:
-        self.guards = guards
-
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        import torch
-
-        from .. import distributed
-
-        count = torch.tensor([float(sum(g.take_new_count() for g in self.guards))], device=trainer.device)
-        distributed.all_reduce_sum(count)
-        skipped = int(count.item())
-        row["skipped_samples"] = skipped
-        if skipped:
-            log.warning(
-                "epoch %d: %d unreadable samples were replaced by their next readable neighbour "
-                "(dataset.skip_corrupt=true); the files are named in the warnings above",
-                row.get("epoch", 0),
-                skipped,
-            )

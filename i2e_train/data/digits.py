@@ -12,7 +12,7 @@ from torch.utils.data import TensorDataset
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from . import DataBundle, register
+from .registry import DataBundle, register
 
 
 def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:

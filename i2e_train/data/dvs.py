@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Subset
 
-from . import DataBundle, register
 from .corrupt import CorruptGuard, UnreadableSampleError, describe
 from .fetch import download_or_explain, is_local_leader, wait_for
+from .registry import DataBundle, register
 
 SPLITS = ("paper", "tebn")
 

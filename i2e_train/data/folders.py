@@ -18,8 +18,8 @@ from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from . import DataBundle, register
 from .corrupt import CorruptGuard, UnreadableSampleError, describe
+from .registry import DataBundle, register
 from .transforms import eval_transform, train_transform
 
 IMAGENET_VAL_HINT = (

@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from torchvision.datasets import DatasetFolder
 
-from . import DataBundle, register
 from .corrupt import CorruptGuard, UnreadableSampleError, describe
 from .formats import unpack_events
+from .registry import DataBundle, register
 
 SPLIT_PREFIXES = {"train": "train", "val": "validation"}
 

@@ -33,7 +33,9 @@ class EpochSampler(Sampler[tuple[int, int]]):
     """Shuffled (or ordered) indices for one rank, each with its augmentation seed.
 
     Training (``pad=True``): the epoch's permutation is padded by wrapping so every rank gets the
-    same number of samples (DDP needs equal step counts), then dealt out round-robin.
+    same number of samples (DDP needs equal step counts), then dealt out round-robin; with
+    ``drop_last=True`` its incomplete last share is dropped instead (PyTorch's DistributedSampler
+    with ``drop_last=True``, the paper's choice).
     Evaluation (``pad=False``): ranks get disjoint shares whose union is the dataset — nothing
     duplicated, nothing dropped; shares may differ in size by one.
     ``start`` skips the first samples of this rank's share (mid-epoch resume).
@@ -48,6 +50,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        drop_last: bool = False,
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world size {world_size}")
@@ -57,6 +60,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         self.rank = rank
         self.world_size = world_size
         self.pad = pad
+        self.drop_last = drop_last
         self.epoch = 0
         self.start = 0
 
@@ -71,9 +75,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
         else:
             order = list(range(self.num_samples))
         if self.pad and self.world_size > 1 and order:
-            total = -(-len(order) // self.world_size) * self.world_size
+            total = self._total()
             order = (order * (total // len(order) + 1))[:total]
         return order
+
+    def _total(self) -> int:
+        """Samples of one epoch over all ranks."""
+        n = self.num_samples
+        if not self.pad or self.world_size == 1 or not n:
+            return n
+        if self.drop_last:
+            return n // self.world_size * self.world_size
+        return -(-n // self.world_size) * self.world_size
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         order = self._order()
@@ -81,12 +94,12 @@ class EpochSampler(Sampler[tuple[int, int]]):
         for pos in list(mine)[self.start :]:
             yield order[pos], mix_seed(self.seed, self.epoch, pos)
 
+    def num_samples_of_rank(self) -> int:
+        """This rank's share of an epoch, from its beginning."""
+        return len(range(self.rank, self._total(), self.world_size))
+
     def __len__(self) -> int:
-        n = self.num_samples
-        if self.pad and self.world_size > 1 and n:
-            n = -(-n // self.world_size) * self.world_size
-        share = len(range(self.rank, n, self.world_size))
-        return max(share - self.start, 0)
+        return max(self.num_samples_of_rank() - self.start, 0)
 
 
 class SeededDataset(Dataset):

@@ -20,8 +20,8 @@ from pathlib import Path
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
-from . import DataBundle, register
 from .fetch import download_or_explain, is_local_leader, missing_files, wait_for
+from .registry import DataBundle, register
 from .transforms import eval_transform, train_transform
 
 

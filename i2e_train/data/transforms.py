@@ -31,6 +31,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
+from .sampler import mix_seed
+
 AUGMENTS = ("baseline1", "baseline2", "none", "device")
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}
 Style = Literal["small", "photo"]
@@ -145,6 +147,7 @@ class MixBatch(_StepSeeded):
         cutmix_alpha: float = 0.0,
         prob: float = 1.0,
         switch_prob: float = 0.5,
+        until_epoch: int | None = None,
     ) -> None:
         super().__init__()
         if mixup_alpha < 0 or cutmix_alpha < 0:
@@ -157,11 +160,21 @@ class MixBatch(_StepSeeded):
             raise ValueError("MixBatch needs extras.mixup_alpha > 0 or extras.cutmix_alpha > 0")
         self.prob = prob
         self.switch_prob = switch_prob
+        self.until_epoch = until_epoch
+        self.active = True
+
+    def set_epoch(self, epoch: int) -> None:
+        """The paper mixes only during the first epochs (``extras.mix_until`` of them)."""
+        self.active = self.until_epoch is None or epoch < self.until_epoch
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        # torchvision's MixUp/CutMix draw from the CPU generator: seed it for this step only.
+        if not self.active:
+            return images, labels
+        # torchvision's MixUp/CutMix draw from the CPU generator: seed it for this call only, and
+        # move on to a new seed (micro-batches of one step are mixed differently).
+        seed, self.seed = self.seed, mix_seed(self.seed, 1)
         with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(self.seed)
+            torch.default_generator.manual_seed(seed)
             if float(torch.rand(())) >= self.prob:
                 return images, labels
             use_cutmix = self.mixup is None or (
@@ -207,11 +220,14 @@ class ChainBatch:
         self.transforms = [t for t in transforms if t is not None]
 
     def manual_seed(self, seed: int) -> None:
-        from .sampler import mix_seed
-
         for i, t in enumerate(self.transforms):
             if hasattr(t, "manual_seed"):
                 t.manual_seed(mix_seed(seed, i))
+
+    def set_epoch(self, epoch: int) -> None:
+        for t in self.transforms:
+            if hasattr(t, "set_epoch"):
+                t.set_epoch(epoch)
 
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         for t in self.transforms:

@@ -23,7 +23,8 @@ Per sample, with its own draw:
 Order: time reversal (with its polarity swap), polarity swap, flip, translation, drop. The first
 four are permutations of the entries (the spatial ones and the time/polarity ones act on different
 axes and commute; the flip comes before the shift, i.e. ``roll(flip(x), (dy, dx))``), done as one
-gather, so values are moved, never changed; the drop comes last.
+selection of whole planes and one per-sample gather of pixels, so values are moved, never changed;
+the drop comes last.
 
 Randomness: the per-sample parameters are drawn from the augmenter's own CPU ``torch.Generator``
 (the same on every device; reseeded by the trainer every step with :meth:`EventAugment.manual_seed`,
@@ -161,43 +162,44 @@ class EventAugment:
         width: int,
         device: torch.device,
     ) -> Tensor:
-        reverse = params.time_reverse.to(device)
-        # Net polarity exchange: the explicit swap, and another one that comes with time reversal.
-        swap = (params.polarity_swap ^ params.time_reverse).to(device)
-        flip = params.flip.to(device)
-        dy, dx = params.shift.to(device).unbind(1)  # all 0 when translate == 0
-
-        t = torch.arange(steps, device=device)
-        src_t = torch.where(reverse[None, :], steps - 1 - t[:, None], t[:, None])  # [T, B]
-        p = torch.arange(2, device=device)
-        src_p = torch.where(swap[:, None], 1 - p[None, :], p[None, :])  # [B, 2]
-        # Translation: output[y, x] = flipped[y - dy, x - dx]; the flip reads column W-1-x.
-        y = torch.arange(height, device=device)
-        x = torch.arange(width, device=device)
-        src_y = y[None, :] - dy[:, None]  # [B, H]
-        src_x = x[None, :] - dx[:, None]  # [B, W]
-        valid = None
-        if self.translate_mode == "roll":
-            src_y = src_y.remainder(height)
-            src_x = src_x.remainder(width)
-        else:
-            valid_y = (src_y >= 0) & (src_y < height)
-            valid_x = (src_x >= 0) & (src_x < width)
-            valid = valid_y[:, :, None] & valid_x[:, None, :]  # [B, H, W]
-            src_y = src_y.clamp(0, height - 1)
-            src_x = src_x.clamp(0, width - 1)
-        src_x = torch.where(flip[:, None], width - 1 - src_x, src_x)
-        b = torch.arange(batch, device=device)
-        # One gather: every output entry reads exactly one input entry.
-        out = events[
-            src_t[:, :, None, None, None],
-            b[None, :, None, None, None],
-            src_p[None, :, :, None, None],
-            src_y[None, :, None, :, None],
-            src_x[None, :, None, None, :],
-        ]
-        if valid is not None:
-            out = out.masked_fill_(~valid[None, :, None], 0)
+        out = events
+        if self.time_reverse_prob > 0 or self.polarity_swap_prob > 0:
+            # Whole (t, b, polarity) planes move: one index_select over the planes.
+            reverse = params.time_reverse.to(device)
+            # Net polarity exchange: the explicit swap, and another one that comes with time reversal.
+            swap = (params.polarity_swap ^ params.time_reverse).to(device)
+            t = torch.arange(steps, device=device)
+            src_t = torch.where(reverse[None, :], steps - 1 - t[:, None], t[:, None])  # [T, B]
+            p = torch.arange(2, device=device)
+            src_p = torch.where(swap[:, None], 1 - p[None, :], p[None, :])  # [B, 2]
+            b = torch.arange(batch, device=device)
+            plane = (src_t[:, :, None] * batch + b[None, :, None]) * 2 + src_p[None, :, :]  # [T, B, 2]
+            out = out.reshape(steps * batch * 2, height * width).index_select(0, plane.flatten())
+            out = out.view(steps, batch, 2, height, width)
+        if self.flip_prob > 0 or self.translate > 0:
+            # Per sample, output[y, x] = flipped[y - dy, x - dx]; the flip reads column W-1-x. One
+            # gather along the pixels with a per-sample index.
+            flip = params.flip.to(device)
+            dy, dx = params.shift.to(device).unbind(1)  # all 0 when translate == 0
+            src_y = torch.arange(height, device=device)[None, :] - dy[:, None]  # [B, H]
+            src_x = torch.arange(width, device=device)[None, :] - dx[:, None]  # [B, W]
+            valid = None
+            if self.translate_mode == "roll":
+                src_y = src_y.remainder(height)
+                src_x = src_x.remainder(width)
+            else:
+                valid_y = (src_y >= 0) & (src_y < height)
+                valid_x = (src_x >= 0) & (src_x < width)
+                valid = valid_y[:, :, None] & valid_x[:, None, :]  # [B, H, W]
+                src_y = src_y.clamp(0, height - 1)
+                src_x = src_x.clamp(0, width - 1)
+            src_x = torch.where(flip[:, None], width - 1 - src_x, src_x)
+            index = (src_y[:, :, None] * width + src_x[:, None, :]).view(1, batch, 1, height * width)
+            flat = out.reshape(steps, batch, 2, height * width)
+            out = torch.gather(flat, 3, index.expand(steps, batch, 2, height * width))
+            out = out.view(steps, batch, 2, height, width)
+            if valid is not None:
+                out = out.masked_fill_(~valid[None, :, None], 0)
         return out
 
     def _drop(self, events: Tensor, seed: int) -> Tensor:

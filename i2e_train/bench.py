@@ -47,6 +47,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchvision.transforms.v2 import functional as TF
 
 from . import cli
 from .errors import UserError
@@ -125,7 +126,8 @@ def paper_weights(pairs: Sequence[tuple[int, int]], device: torch.device) -> Ten
 
 def paper_conversion(images: Tensor, ratio: float, weights: Tensor) -> Tensor:
     """The paper's formulation, float32 (the baseline; not exact on GPUs: TF32/Winograd)."""
-    x = images.float() / 255  # the paper converts float images in [0, 1]
+    # The paper converts float images in [0, 1]: torchvision's ToDtype(float32, scale=True).
+    x = TF.to_dtype(images, torch.float32, scale=True)
     v = x.amax(1, keepdim=True)
     batch = v.shape[0]
     th = (ratio * (v.amax((1, 2, 3)) - v.amin((1, 2, 3)))).view(batch, 1, 1, 1)

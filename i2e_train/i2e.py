@@ -10,6 +10,13 @@ The conversion is bit-exact by construction: every temporal difference is a
 single float32 subtraction of two shifted views of the padded intensity map.
 A convolution would be shorter to write but is not exact on GPUs (TF32,
 Winograd), so it is deliberately avoided.
+
+Inputs: float images in [0, 1] (any float dtype, rounded to float32), or uint8 images, which
+become ``x * float32(1/255)`` exactly as torchvision's ``v2.ToDtype(torch.float32, scale=True)``
+(the paper's pipeline) computes them: ``i2e_convert(x_uint8) == i2e_convert(ToDtype(x_uint8))``.
+
+Optionally (``threshold_scale``, the sensor model of :mod:`i2e_train.sensor`) each pixel and
+polarity gets its own threshold ``th * scale``; see :func:`i2e_convert`.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ __all__ = [
     "i2e_convert",
     "i2e_pack",
     "resolve_order",
+    "uint8_to_float32_table",
 ]
 
 NUM_STEPS = 8
@@ -173,23 +181,37 @@ def _check_pair_tensor(pairs_TB2: Tensor, batch_size: int) -> Tensor:
 
 
 @functools.cache
-def _u8_to_unit(device: torch.device) -> Tensor:
-    """The 256 values ``float32(v) / 255``, computed by IEEE division (numpy) once per device."""
-    return torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255)).to(device)
+def _u8_table_cpu() -> Tensor:
+    # Imported here: torchvision is only needed for uint8 images.
+    from torchvision.transforms.v2 import functional as TF
+
+    return TF.to_dtype(torch.arange(256, dtype=torch.uint8), torch.float32, scale=True)
+
+
+@functools.cache
+def uint8_to_float32_table(device: torch.device | str = "cpu") -> Tensor:
+    """The 256 float32 values I2E gives the uint8 levels 0..255, on ``device``.
+
+    The table IS torchvision's ``v2.ToDtype(torch.float32, scale=True)`` (the paper's pipeline)
+    applied to ``arange(256)`` on the CPU: ``x.to(float32).mul_(1 / 255)``, i.e. ``x`` times the
+    float32 constant ``float32(1/255)`` — not the quotient ``x / 255``, which differs by one ulp for
+    126 of the 256 levels. Computed by calling torchvision, once, so it cannot drift from it; the
+    torch path and the Triton kernel both read this one table. Read-only: do not modify it.
+    """
+    return _u8_table_cpu().to(torch.device(device))
 
 
 def _intensity(images_BCHW: Tensor) -> Tensor:
     """``V = max(R, G, B)`` in float32.
 
-    The max is taken before the conversion: uint8 -> float32 / 255 and
-    float -> float32 rounding are both monotone, so the result is identical to
-    converting first, at a third of the conversion cost. uint8 goes through a
-    table of the exact quotients: on CUDA ``tensor / 255`` is computed as
-    ``tensor * (1 / 255)``, which differs from ``x / 255`` for 126 of the 256 values.
+    The max is taken before the conversion: uint8 -> float32 (``x * float32(1/255)``, see
+    :func:`uint8_to_float32_table`) and float -> float32 rounding are both monotone, so the result
+    is identical to converting first, at a third of the conversion cost. uint8 goes through the
+    256-entry table: exactly torchvision's ``ToDtype(float32, scale=True)`` on CPU and CUDA alike.
     """
     v_BHW = images_BCHW.amax(dim=1)
     if images_BCHW.dtype == torch.uint8:
-        table = _u8_to_unit(v_BHW.device)
+        table = uint8_to_float32_table(v_BHW.device)
         return table.index_select(0, v_BHW.reshape(-1).int()).view(v_BHW.shape)
     return v_BHW.float()
 
@@ -219,6 +241,7 @@ def i2e_convert(
     pairs: Sequence[tuple[int, int]] | Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     backend: str = "auto",
+    threshold_scale: Tensor | None = None,
 ) -> Tensor:
     """Convert images ``[B,3,H,W]`` into events ``[8, B, 2, H, W]`` (ON, OFF).
 
@@ -226,16 +249,50 @@ def i2e_convert(
     the batch, or an integer tensor ``[8, B, 2]`` with one pair per sample.
     ``backend``: ``auto`` (the fused Triton kernel on CUDA, torch elsewhere), ``torch``
     (the reference path) or ``triton``; all give identical events.
+
+    ``threshold_scale`` (optional): a float32 tensor ``[B or 1, 2, H, W]`` on the images' device,
+    a per-pixel, per-polarity multiplier of the per-image threshold ``th`` (channel 0 ON, 1 OFF;
+    a leading 1 broadcasts over the batch): ``th_on = th * scale[:, 0]`` and
+    ``th_off = th * scale[:, 1]``, each one float32 product, then ``ON = dV >= th_on`` and
+    ``OFF = dV < 0 and -dV >= th_off``; a flat image still gives no events. Scales are meant to be
+    finite and > 0 (not checked: that would need a device sync); a scale of exactly 1 gives the
+    spec's events. Only the torch path implements it: ``auto`` then uses torch, and
+    ``backend="triton"`` is an error. ``None`` (the default) is the unchanged specification.
     """
     _check_images(images)
     ratio = _check_ratio(ratio)
     _check_dtype(dtype)
     pairs_checked = _checked_pairs(order, pairs, images.shape[0])
+    if threshold_scale is not None:
+        _check_threshold_scale(threshold_scale, images)
+        if backend not in BACKENDS:
+            _resolve_backend(backend, images.device)  # the usual unknown-backend error
+        if backend == "triton":
+            raise ValueError(
+                "I2E backend 'triton' does not support a per-pixel threshold_scale (sensor threshold "
+                "mismatch); use backend='torch' or 'auto' (which then takes the torch path)"
+            )
+        return _convert_torch(images, ratio, pairs_checked, dtype, threshold_scale)
     if _resolve_backend(backend, images.device) == "triton":
         from . import i2e_triton
 
         return i2e_triton.convert(images, ratio, pairs_checked, dtype)
     return _convert_torch(images, ratio, pairs_checked, dtype)
+
+
+def _check_threshold_scale(scale: Tensor, images: Tensor) -> None:
+    batch, _, height, width = images.shape
+    if not isinstance(scale, Tensor):
+        raise TypeError(f"I2E threshold_scale must be a torch.Tensor, got {type(scale).__name__}")
+    if scale.dtype != torch.float32:
+        raise ValueError(f"I2E threshold_scale must be float32, got {scale.dtype}")
+    if scale.ndim != 4 or scale.shape[0] not in (1, batch) or tuple(scale.shape[1:]) != (2, height, width):
+        raise ValueError(
+            f"I2E threshold_scale must have shape [B={batch} or 1, 2, H={height}, W={width}], "
+            f"got {list(scale.shape)}"
+        )
+    if scale.device != images.device:
+        raise ValueError(f"I2E threshold_scale is on {scale.device} but the images are on {images.device}")
 
 
 def i2e_pack(
@@ -294,9 +351,17 @@ def _checked_pairs(
 
 
 def _convert_torch(
-    images: Tensor, ratio: float, pairs: tuple[tuple[int, int], ...] | Tensor, dtype: torch.dtype
+    images: Tensor,
+    ratio: float,
+    pairs: tuple[tuple[int, int], ...] | Tensor,
+    dtype: torch.dtype,
+    threshold_scale: Tensor | None = None,
 ) -> Tensor:
-    """The reference path: a handful of whole-tensor torch ops per timestep."""
+    """The reference path: a handful of whole-tensor torch ops per timestep.
+
+    With ``threshold_scale`` (validated by :func:`i2e_convert`) each timestep compares ``dV`` with
+    the per-pixel thresholds ``th * scale`` instead (two comparisons per polarity, written as the
+    specification reads); without it the code below is the plain specification path."""
     batch, _, height, width = images.shape
     device = images.device
     per_sample = isinstance(pairs, Tensor)
@@ -321,8 +386,14 @@ def _convert_torch(
 
     vpad_BHW = nn.functional.pad(v_BHW.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
     events_TBCHW = torch.empty((NUM_STEPS, batch, 2, height, width), dtype=dtype, device=device)
-    staged = dtype == torch.float32  # see the loop below
+    scaled = threshold_scale is not None
+    staged = dtype == torch.float32 and not scaled  # see the loop below
     dv_BHW = None if staged else torch.empty((batch, height, width), dtype=torch.float32, device=device)
+    if scaled:
+        # th_on = th * scale_on, th_off = th * scale_off: one float32 product each, [B, H, W].
+        th_B11 = th_B.view(batch, 1, 1)
+        th_on_BHW = torch.where(flat_B.view(batch, 1, 1), math.inf, th_B11 * threshold_scale[:, 0])
+        th_off_BHW = th_B11 * threshold_scale[:, 1]
 
     if per_sample:
         # All 9 shifts as a zero-copy view [B, 3, 3, H, W]; each sample then
@@ -358,6 +429,12 @@ def _convert_torch(
             torch.sub(v_to, v_from, out=events_TBCHW[t, :, 1])
             continue
         torch.sub(v_to, v_from, out=dv_BHW)
+        if scaled:
+            # ON: dV >= th_on. OFF: dV < 0 and -dV >= th_off (negation is exact).
+            torch.ge(dv_BHW, th_on_BHW, out=events_TBCHW[t, :, 0])
+            off_BHW = torch.lt(dv_BHW, 0).logical_and_(torch.ge(torch.neg(dv_BHW), th_off_BHW))
+            events_TBCHW[t, :, 1].copy_(off_BHW)
+            continue
         torch.ge(dv_BHW, on_th_B11, out=events_TBCHW[t, :, 0])
         torch.lt(dv_BHW, off_lt_B11, out=events_TBCHW[t, :, 1])
     if staged:
@@ -418,15 +495,27 @@ class I2E(nn.Module):
         idx_T = draw % self._sizes_T
         return self._choices_TL2[torch.arange(NUM_STEPS), idx_T]
 
-    def forward(self, images: Tensor) -> Tensor:
-        """Events ``[8, B, 2, H, W]`` on the images' device."""
+    def forward(self, images: Tensor, threshold_scale: Tensor | None = None) -> Tensor:
+        """Events ``[8, B, 2, H, W]`` on the images' device.
+
+        ``threshold_scale``: optional per-pixel threshold multipliers ``[B or 1, 2, H, W]``
+        (float32, see :func:`i2e_convert`; made by :class:`i2e_train.sensor.SensorModel`).
+        """
         # Validate before drawing so a rejected batch does not advance the RNG.
         _check_images(images)
+        if threshold_scale is not None:
+            _check_threshold_scale(threshold_scale, images)
         pairs = None
         if self.training and self.random_vectors:
             pairs = self.sample_pairs(images.shape[0])
         return i2e_convert(
-            images, self.ratio, self.order, pairs=pairs, dtype=self.dtype, backend=self.backend
+            images,
+            self.ratio,
+            self.order,
+            pairs=pairs,
+            dtype=self.dtype,
+            backend=self.backend,
+            threshold_scale=threshold_scale,
         )
 
     def resolved_backend(self, device: torch.device | str) -> str:

@@ -8,7 +8,8 @@ A work item is one image, or one band of rows of an image when the batch is too 
 GPU (``split`` bands per image). For each item a program
 
 1. reads the whole image once (uint8 or float, any strides): ``V = max(R, G, B)`` in float32
-   (uint8 through an exact 256-entry table of ``v / 255``), the per-image min/max, and writes ``V``
+   (uint8 through the 256-entry table of :func:`i2e_train.i2e.uint8_to_float32_table`, i.e.
+   torchvision's ``ToDtype(float32, scale=True)``), the per-image min/max, and writes ``V``
    of its band (plus one halo row each side) into its scratch slot;
 2. computes the 8 timesteps of its band from the scratch: every displacement pair is two clamped
    loads (replicate padding) and one float32 subtraction, compared with ``th = ratio * (max - min)``
@@ -37,7 +38,6 @@ import functools
 import math
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -94,16 +94,17 @@ def pair_codes(pairs_TB2: Tensor) -> Tensor:
     return (9 * (pairs_TB2[..., 1] - 1) + (pairs_TB2[..., 0] - 1)).t().contiguous().to(torch.int32)
 
 
-@functools.cache
 def _u8_table(device: torch.device) -> Tensor:
-    # numpy float32 division is IEEE-exact: the table is the spec's x / 255, on any device.
-    return torch.from_numpy(np.arange(256, dtype=np.float32) / np.float32(255)).to(device)
+    # The one shared table (torchvision's ToDtype(float32, scale=True) of 0..255), cached per device.
+    from .i2e import uint8_to_float32_table
+
+    return uint8_to_float32_table(device)
 
 
 def _define_kernel(tl):
     def i2e_kernel(
         x_ptr,  # images [B, 3, H, W], any strides
-        lut_ptr,  # float32 [256]: v / 255 (read only for uint8 images)
+        lut_ptr,  # float32 [256]: ToDtype(float32, scale=True) of 0..255, v * float32(1/255) (uint8 only)
         ratio_ptr,  # float32 [1]: the ratio rounded to float32 (a tensor: exact in the interpreter too)
         codes_ptr,  # int32 [B, 8] per-sample pair codes (PER_SAMPLE) or unused
         scratch_ptr,  # float32 [num_programs, H, W]: per-program intensity slot

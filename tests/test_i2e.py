@@ -16,6 +16,7 @@ import pytest
 import torch
 from skimage import data as skdata
 from skimage.transform import resize
+from torchvision.transforms import v2
 
 from i2e_train.i2e import (
     I2E,
@@ -23,6 +24,7 @@ from i2e_train.i2e import (
     fixed_pairs,
     i2e_convert,
     resolve_order,
+    uint8_to_float32_table,
 )
 
 # --------------------------------------------------------------------------
@@ -48,21 +50,29 @@ REF_ORDERS = {
     "gamma_beta_alpha": [4, 5, 6, 7, 2, 3, 0, 1],
 }
 RATIOS = [0.0, 0.05, 0.07, 0.12, 0.3]
+# The paper's uint8 -> float conversion, which I2E's uint8 path must reproduce exactly.
+TO_FLOAT = v2.ToDtype(torch.float32, scale=True)
 
 
 def ref_fixed_pairs(order: str) -> list[tuple[int, int]]:
     return [REF_GROUPS[g][0] for g in REF_ORDERS[order]]
 
 
-def ref_convert(images: np.ndarray, ratio: float, pairs) -> np.ndarray:
+def ref_convert(
+    images: np.ndarray, ratio: float, pairs, threshold_scale: np.ndarray | None = None
+) -> np.ndarray:
     """Straightforward I2E: one image, one timestep at a time.
 
     ``pairs``: 8 (from, to) pairs, or an array [8, B, 2] of per-sample pairs.
+    ``threshold_scale``: optional float32 [B or 1, 2, H, W]: th_on = th * scale[:, 0] and
+    th_off = th * scale[:, 1] per pixel (float32 products).
     Returns bool [8, B, 2, H, W].
     """
     x = images.astype(np.float32)
     if images.dtype == np.uint8:
-        x = x / np.float32(255)
+        # torchvision's ToDtype(float32, scale=True): x * float32(1/255) in float32, not x / 255.
+        x = x * np.float32(1 / 255)
+        assert x.dtype == np.float32
     pairs = np.asarray(pairs)
     n, _, h, w = x.shape
     out = np.zeros((8, n, 2, h, w), dtype=bool)
@@ -73,6 +83,12 @@ def ref_convert(images: np.ndarray, ratio: float, pairs) -> np.ndarray:
             continue
         th = np.float32(ratio) * np.float32(vmax - vmin)
         assert th.dtype == np.float32
+        th_on = th_off = th
+        if threshold_scale is not None:
+            scale = threshold_scale[b if threshold_scale.shape[0] > 1 else 0]
+            assert scale.dtype == np.float32
+            th_on, th_off = th * scale[0], th * scale[1]
+            assert th_on.dtype == th_off.dtype == np.float32
         vp = np.pad(v, 1, mode="edge")
         for t in range(8):
             p_from, p_to = pairs[t, b] if pairs.ndim == 3 else pairs[t]
@@ -80,8 +96,8 @@ def ref_convert(images: np.ndarray, ratio: float, pairs) -> np.ndarray:
             rt, ct = (p_to - 1) // 3, (p_to - 1) % 3
             dv = vp[rt : rt + h, ct : ct + w] - vp[rf : rf + h, cf : cf + w]
             assert dv.dtype == np.float32
-            out[t, b, 0] = (dv >= 0) & (dv >= th)
-            out[t, b, 1] = (dv < 0) & (-dv >= th)
+            out[t, b, 0] = (dv >= 0) & (dv >= th_on)
+            out[t, b, 1] = (dv < 0) & (-dv >= th_off)
     return out
 
 
@@ -146,13 +162,59 @@ def test_matches_reference_all_orders(order: str, ratio: float) -> None:
 
 
 @pytest.mark.parametrize("ratio", RATIOS)
-def test_uint8_matches_reference_and_float_division(ratio: float) -> None:
+def test_uint8_matches_reference_and_todtype(ratio: float) -> None:
     for h, w in [*SIZES, (1, 7), (5, 1)]:
         x8 = photo_batch(h, w) if h > 1 and w > 1 else photo_batch(17, 23)[:, :, :h, :w]
         x8_t = torch.from_numpy(x8)
         events = i2e_convert(x8_t, ratio)
         assert_events_equal(events, ref_convert(x8, ratio, ref_fixed_pairs("gamma_alpha_beta")))
-        assert torch.equal(events, i2e_convert(x8_t.float() / 255, ratio))
+        assert torch.equal(events, i2e_convert(TO_FLOAT(x8_t), ratio))
+
+
+def every_level_image(rows: int = 32, seed: int = 0) -> torch.Tensor:
+    """uint8 [1, 3, rows, 256]: every row a random permutation of all 256 levels (so min 0, max 255)."""
+    gen = torch.Generator().manual_seed(seed)
+    grey = torch.stack([torch.randperm(256, generator=gen) for _ in range(rows)]).to(torch.uint8)
+    return grey.view(1, 1, rows, 256).expand(1, 3, rows, 256).contiguous()
+
+
+def test_uint8_table_is_torchvision_todtype() -> None:
+    levels = torch.arange(256, dtype=torch.uint8)
+    table = uint8_to_float32_table("cpu")
+    assert table.dtype == torch.float32 and table.shape == (256,)
+    assert torch.equal(table, TO_FLOAT(levels))
+    # It is the float32 product x * float32(1/255), not the quotient (126 levels differ by 1 ulp).
+    np.testing.assert_array_equal(table.numpy(), np.arange(256, dtype=np.float32) * np.float32(1 / 255))
+    assert int((table.numpy() != np.arange(256, dtype=np.float32) / np.float32(255)).sum()) == 126
+
+
+@pytest.mark.parametrize("ratio", [1 / 255, 2 / 255, 3 / 255, 0.07, 0.12])
+def test_uint8_equals_todtype_float_at_every_level(ratio: float) -> None:
+    # Thresholds of k/255 make many differences of the level table tie with th: a table one ulp
+    # off (x / 255) flips events here, so this comparison has teeth (checked below).
+    x8 = every_level_image()
+    events = i2e_convert(x8, ratio, backend="torch")
+    assert torch.equal(events, i2e_convert(TO_FLOAT(x8), ratio, backend="torch"))
+    assert_events_equal(events, ref_convert(x8.numpy(), ratio, ref_fixed_pairs("gamma_alpha_beta")))
+    if ratio < 0.02:
+        assert not torch.equal(events, i2e_convert(x8.float() / 255, ratio, backend="torch"))
+
+
+@pytest.mark.parametrize("size", [(24, 24), (40, 56), (96, 64)])
+def test_uint8_photographs_equal_todtype_float(size: tuple[int, int]) -> None:
+    astronaut, coffee, chelsea, _ = _photos()
+    x8 = np.stack(
+        [
+            np.round(resize(p, size, anti_aliasing=True) * 255).astype(np.uint8)
+            for p in (astronaut, coffee, chelsea)
+        ]
+    )
+    x8_t = torch.from_numpy(np.ascontiguousarray(x8.transpose(0, 3, 1, 2)))
+    for ratio in (1 / 255, 0.05, 0.07, 0.12):
+        for order in ("gamma_alpha_beta", "alpha_beta_gamma"):
+            events = i2e_convert(x8_t, ratio, order=order, backend="torch")
+            assert events.any()
+            assert torch.equal(events, i2e_convert(TO_FLOAT(x8_t), ratio, order=order, backend="torch"))
 
 
 @pytest.mark.parametrize("in_dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -199,6 +261,117 @@ def test_signed_zero_inputs_match_reference() -> None:
         for order in REF_ORDERS:
             expected = ref_convert(x, ratio, ref_fixed_pairs(order))
             assert_events_equal(i2e_convert(torch.from_numpy(x), ratio, order=order), expected)
+
+
+# --------------------------------------------------------------------------
+# Per-pixel threshold scale (the sensor model's threshold mismatch)
+# --------------------------------------------------------------------------
+
+
+def lognormal_scale(shape: tuple[int, ...], sigma: float, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.exp(sigma * torch.randn(shape, generator=gen))
+
+
+@pytest.mark.parametrize("order", ["gamma_alpha_beta", "beta_alpha_gamma"])
+@pytest.mark.parametrize("ratio", [0.0, 0.05, 0.12])
+def test_threshold_scale_matches_reference(order: str, ratio: float) -> None:
+    for h, w in SIZES:
+        for x in (photo_batch_float(h, w), photo_batch(h, w)):
+            for batch_dim in (4, 1):  # one map per sample, or one broadcast over the batch
+                scale = lognormal_scale((batch_dim, 2, h, w), 0.3, seed=h * w + batch_dim)
+                events = i2e_convert(torch.from_numpy(x), ratio, order=order, threshold_scale=scale)
+                expected = ref_convert(x, ratio, ref_fixed_pairs(order), threshold_scale=scale.numpy())
+                assert_events_equal(events, expected)
+                if ratio > 0:
+                    plain = ref_convert(x, ratio, ref_fixed_pairs(order))
+                    assert (expected != plain).any()  # the scale matters on these images
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool])
+def test_threshold_scale_dtypes_per_sample_pairs_and_unit_scale(dtype: torch.dtype) -> None:
+    x = torch.from_numpy(photo_batch(17, 23))
+    gen = torch.Generator().manual_seed(5)
+    pairs_tb2 = torch.stack([torch.randperm(9, generator=gen)[:2] + 1 for _ in range(8 * 4)]).view(8, 4, 2)
+    scale = lognormal_scale((4, 2, 17, 23), 0.2, seed=1)
+    events = i2e_convert(x, 0.07, pairs=pairs_tb2, dtype=dtype, threshold_scale=scale)
+    assert events.dtype == dtype
+    assert_events_equal(
+        events, ref_convert(x.numpy(), 0.07, pairs_tb2.numpy(), threshold_scale=scale.numpy())
+    )
+    # A scale of exactly 1 is the specification: the same tensor values as no scale at all.
+    ones = torch.ones(1, 2, 17, 23)
+    for pairs in (None, pairs_tb2):
+        plain = i2e_convert(x, 0.07, pairs=pairs, dtype=dtype)
+        assert torch.equal(i2e_convert(x, 0.07, pairs=pairs, dtype=dtype, threshold_scale=ones), plain)
+
+
+def test_threshold_scale_ties_are_exact_products() -> None:
+    # dV = [0.25, -0.25, -0.5, 1.0, 0.0] with th = 0.25 (see test_event_at_exact_threshold).
+    row = torch.tensor([0.5, 0.75, 0.5, 0.0, 1.0])
+    x = row.expand(1, 3, 1, 5).contiguous()
+    pairs = [(5, 6)] * 8
+    above = lambda v: float(np.nextafter(np.float32(v), np.float32(10)))  # noqa: E731
+    scale = torch.ones(1, 2, 1, 5)
+    scale[0, 0, 0, 3] = 4.0  # th_on = 1.0 == dV: still ON
+    scale[0, 1, 0, 2] = 2.0  # th_off = 0.5 == -dV: still OFF
+    events = i2e_convert(x, 0.25, pairs=pairs, threshold_scale=scale)
+    assert events[0, 0, 0, 0].tolist() == [1, 0, 0, 1, 0]
+    assert events[0, 0, 1, 0].tolist() == [0, 1, 1, 0, 0]
+    scale[0, 0, 0, 3] = above(4.0)
+    scale[0, 1, 0, 2] = above(2.0)
+    scale[0, 0, 0, 0] = above(1.0)
+    scale[0, 1, 0, 1] = above(1.0)
+    events = i2e_convert(x, 0.25, pairs=pairs, threshold_scale=scale)
+    assert events[0, 0, 0, 0].tolist() == [0, 0, 0, 0, 0]
+    assert events[0, 0, 1, 0].tolist() == [0, 0, 0, 0, 0]
+    assert_events_equal(events, ref_convert(x.numpy(), 0.25, pairs, threshold_scale=scale.numpy()))
+
+
+def test_threshold_scale_flat_images_and_larger_scale_fewer_events() -> None:
+    x = photo_batch(32, 32).copy()
+    x[1] = 77
+    xt = torch.from_numpy(x)
+    for ratio in (0.0, 0.07):
+        for s in (0.5, 1.0, 2.0):
+            events = i2e_convert(xt, ratio, threshold_scale=torch.full((1, 2, 32, 32), s))
+            assert not events[:, 1].any()
+            assert events[:, 0].any()
+    counts = [
+        int(i2e_convert(xt, 0.07, threshold_scale=torch.full((1, 2, 32, 32), s)).sum())
+        for s in (0.5, 1.0, 2.0)
+    ]
+    assert counts[0] > counts[1] > counts[2]
+
+
+def test_threshold_scale_module_and_validation() -> None:
+    x = torch.from_numpy(photo_batch(17, 23))
+    scale = lognormal_scale((4, 2, 17, 23), 0.2, seed=2)
+    module = I2E(0.07, seed=4, per_sample=True).train()
+    state = module.rng_state()
+    events = module(x, threshold_scale=scale)
+    module.set_rng_state(state)
+    pairs = module.sample_pairs(4)
+    assert_events_equal(events, ref_convert(x.numpy(), 0.07, pairs.numpy(), threshold_scale=scale.numpy()))
+    for bad, match in (
+        (scale.double(), "float32"),
+        (scale[:2], "shape"),
+        (scale[:, :1], "shape"),
+        (scale[..., :-1], "shape"),
+        (scale[0], "shape"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            i2e_convert(x, 0.07, threshold_scale=bad)
+        state = module.rng_state()
+        with pytest.raises(ValueError, match=match):
+            module(x, threshold_scale=bad)
+        assert torch.equal(module.rng_state(), state)  # a rejected batch draws nothing
+    with pytest.raises(ValueError, match="triton.*threshold_scale"):
+        i2e_convert(x, 0.07, backend="triton", threshold_scale=scale)
+    with pytest.raises(ValueError, match="backend 'fast'"):
+        i2e_convert(x, 0.07, backend="fast", threshold_scale=scale)
+    with pytest.raises(TypeError, match="threshold_scale"):
+        i2e_convert(x, 0.07, threshold_scale=scale.numpy())  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------
@@ -573,3 +746,24 @@ def test_cuda_matches_reference() -> None:
     module.set_rng_state(state)
     pairs = module.sample_pairs(4)
     assert_events_equal(events, ref_convert(x8, 0.07, pairs.numpy()))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_uint8_is_todtype_and_threshold_scale() -> None:
+    # torchvision's ToDtype on the GPU computes the same 256 values as the shared (CPU-made) table.
+    levels = torch.arange(256, dtype=torch.uint8, device="cuda")
+    assert torch.equal(TO_FLOAT(levels).cpu(), uint8_to_float32_table("cpu"))
+    x8 = every_level_image().cuda()
+    for backend in ("auto", "torch"):
+        for ratio in (1 / 255, 2 / 255, 0.07):
+            events = i2e_convert(x8, ratio, backend=backend)
+            assert torch.equal(events, i2e_convert(TO_FLOAT(x8), ratio, backend=backend))
+            assert_events_equal(
+                events, ref_convert(x8.cpu().numpy(), ratio, ref_fixed_pairs("gamma_alpha_beta"))
+            )
+    x = torch.from_numpy(photo_batch(64, 48))
+    scale = lognormal_scale((4, 2, 64, 48), 0.3, seed=3)
+    events = i2e_convert(x.cuda(), 0.07, threshold_scale=scale.cuda())  # auto: the torch path
+    assert_events_equal(
+        events, ref_convert(x.numpy(), 0.07, ref_fixed_pairs("gamma_alpha_beta"), scale.numpy())
+    )

@@ -14,10 +14,20 @@ import pytest
 import torch
 from skimage import data as skdata
 from skimage.transform import resize
+from torchvision.transforms import v2
 
 from i2e_train import i2e_triton
 from i2e_train.data.formats import encode_packed, pack_events, unpack_events
-from i2e_train.i2e import GROUPS, I2E, _packbits_torch, fixed_pairs, i2e_convert, i2e_pack, packbits
+from i2e_train.i2e import (
+    GROUPS,
+    I2E,
+    _packbits_torch,
+    fixed_pairs,
+    i2e_convert,
+    i2e_pack,
+    packbits,
+    uint8_to_float32_table,
+)
 
 pytest.importorskip("triton")
 
@@ -122,6 +132,33 @@ def test_uint8_ties_across_the_whole_value_range() -> None:
     for ratio in (1 / 255, 2 / 255, 0.07, 0.5):
         expected = torch_events(x, ratio, pairs=[(5, 6)] * 8)
         assert_same(kernel_events(x, ratio, pairs=[(5, 6)] * 8), expected)
+
+
+def test_uint8_is_todtype_float_at_every_level_and_on_photographs() -> None:
+    # The kernel reads the one shared table: torchvision's ToDtype(float32, scale=True) of 0..255.
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    assert i2e_triton._u8_table(torch.device("cpu")) is uint8_to_float32_table(torch.device("cpu"))
+    assert torch.equal(
+        i2e_triton._u8_table(torch.device("cpu")), to_float(torch.arange(256, dtype=torch.uint8))
+    )
+    # Every level: rows that are permutations of 0..255; k/255 ratios put many differences on th.
+    gen = torch.Generator().manual_seed(3)
+    grey = torch.stack([torch.randperm(256, generator=gen) for _ in range(4)]).to(torch.uint8)
+    x8 = grey.view(1, 1, 4, 256).expand(1, 3, 4, 256).contiguous()
+    for ratio in (1 / 255, 2 / 255, 0.07):
+        events = kernel_events(x8, ratio)
+        assert torch.equal(events, kernel_events(to_float(x8), ratio))
+        assert torch.equal(events, torch_events(to_float(x8), ratio))
+        if ratio < 0.01:  # a table one ulp off (x / 255) would flip events here
+            assert not torch.equal(events, torch_events(x8.float() / 255, ratio))
+    # Real photographs (astronaut, coffee, chelsea) at a few sizes.
+    for size in ((10, 12), (16, 16)):
+        x = photos(*size)[:3]
+        for ratio in (1 / 255, 0.07):
+            events = kernel_events(x, ratio)
+            assert events.any()
+            assert torch.equal(events, kernel_events(to_float(x), ratio))
+            assert torch.equal(events, torch_events(to_float(x), ratio))
 
 
 def test_flat_images_alone_and_in_a_batch() -> None:
@@ -267,6 +304,21 @@ def test_auto_uses_torch_on_cpu_and_rejects_unknown_backends(monkeypatch: pytest
         i2e_convert(x, 0.07, backend="cuda")
     with pytest.raises(ValueError, match="backend"):
         I2E(0.07, backend="fast")
+
+
+def test_threshold_scale_takes_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Where auto would pick the kernel (a recent CUDA GPU), a per-pixel threshold scale still goes
+    # to the torch path; forcing the kernel is an error.
+    x = photos(8, 8)
+    scale = torch.full((1, 2, 8, 8), 1.5)
+    monkeypatch.setattr(i2e_triton, "is_preferred", lambda device: True)
+    monkeypatch.setattr(i2e_triton, "convert", lambda *a, **k: pytest.fail("the kernel was called"))
+    events = i2e_convert(x, 0.07, threshold_scale=scale)
+    assert torch.equal(events, i2e_convert(x, 0.07, backend="torch", threshold_scale=scale))
+    with pytest.raises(ValueError, match="'triton' does not support a per-pixel threshold_scale"):
+        i2e_convert(x, 0.07, backend="triton", threshold_scale=scale)
+    with pytest.raises(ValueError, match="threshold_scale"):
+        I2E(0.07, backend="triton")(x, threshold_scale=scale)
 
 
 def test_triton_backend_unavailable_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -207,6 +207,21 @@ def test_mixbatch_is_seeded_per_step_and_leaves_the_global_rng_alone():
     assert off(images, labels)[0] is images
 
 
+def test_mixbatch_converts_uint8_as_todtype():
+    # Mixed batches hold, pixel by pixel, ToDtype(float32, scale=True) values (x * float32(1/255),
+    # the values I2E gives uint8 x): CutMix pastes whole pixels of the rolled batch, so every output
+    # pixel equals one of its two sources exactly (x / 255 differs for 126 of the 256 levels).
+    images = torch.stack([_photo(32), _photo(32).flip(-1), _photo(32).flip(-2)])
+    mix = MixBatch(10, cutmix_alpha=1.0)
+    mix.manual_seed(3)
+    x, _ = mix(images, torch.tensor([0, 1, 2]))
+    f = TF.to_dtype(images, torch.float32, scale=True)
+    same = (x == f).all(1)
+    pasted = (x == f.roll(1, 0)).all(1)
+    assert (same | pasted).all() and pasted.any() and same.any()
+    assert not torch.equal(f, images.float() / 255)  # the comparison can tell the two apart
+
+
 def test_temporal_subset_keeps_order_and_is_seeded():
     events = torch.arange(8).view(8, 1, 1, 1, 1).expand(8, 2, 2, 3, 3).float()
     sub = TemporalSubset(3)

@@ -135,9 +135,11 @@ class MixBatch(_StepSeeded):
     """Mixup and/or CutMix on a device batch (torchvision v2), before I2E.
 
     With probability ``prob`` a batch is mixed; when both are enabled CutMix is chosen with
-    probability ``switch_prob``. Mixed batches become float images in [0, 1] (I2E treats uint8
-    ``x`` and float ``x / 255`` identically) with soft one-hot targets; the training loss
-    (cross-entropy with label smoothing) accepts both. Unmixed batches pass through unchanged.
+    probability ``switch_prob``. Mixed batches become float32 images in [0, 1], uint8 converted by
+    torchvision's ``ToDtype(float32, scale=True)`` (``x * float32(1/255)``, exactly the values I2E
+    gives uint8 ``x``, so an unmixed image converts to the same events either way), with soft
+    one-hot targets; the training loss (cross-entropy with label smoothing) accepts both. Unmixed
+    batches pass through unchanged.
     """
 
     def __init__(
@@ -181,7 +183,10 @@ class MixBatch(_StepSeeded):
                 self.cutmix is not None and float(torch.rand(())) < self.switch_prob
             )
             mix = self.cutmix if use_cutmix else self.mixup
-            images_f = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+            if images.dtype == torch.uint8:
+                images_f = v2.functional.to_dtype(images, torch.float32, scale=True)
+            else:
+                images_f = images.float()
             return mix(images_f, labels)
 
 

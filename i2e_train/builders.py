@@ -5,6 +5,7 @@ plain typed arguments."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from . import config, distributed, engine, speed
-from .config import ExtrasOptions, I2EOptions, OptimOptions, SchedOptions, TrainerOptions
+from .config import (
+    EventAugmentOptions,
+    ExtrasOptions,
+    I2EOptions,
+    OptimOptions,
+    SchedOptions,
+    SensorOptions,
+    TrainerOptions,
+)
 from .data import DataBundle, build_datasets
 from .errors import UserError
 from .i2e import I2E
@@ -71,14 +80,27 @@ def build_network(name: str, num_classes: int) -> nn.Module:
         raise UserError(str(e)) from None
 
 
-def build_converter(options: I2EOptions, bundle: DataBundle, seed: int, dtype: torch.dtype) -> I2E | None:
-    """I2E on the training device, or None for datasets that already are events."""
+def build_converter(
+    options: I2EOptions,
+    bundle: DataBundle,
+    seed: int,
+    dtype: torch.dtype,
+    sensor: SensorOptions | None = None,
+) -> nn.Module | None:
+    """I2E on the training device (seen through the sensor model when one is configured), or None
+    for datasets that already are events."""
+    active = sensor is not None and _sensor_on(sensor)
     if bundle.events:
+        if active:
+            raise UserError(
+                "the sensor model acts on the I2E conversion of images, but this dataset already holds "
+                "events; set sensor=none (event_augment=... augments recorded events)"
+            )
         return None
     if options.ratio is None:
         raise UserError("i2e.ratio is not set; give the I2E threshold ratio, e.g. i2e.ratio=0.12")
     try:
-        return I2E(
+        converter: nn.Module = I2E(
             ratio=options.ratio,
             order=options.order,
             random_vectors=options.random_vectors,
@@ -87,8 +109,26 @@ def build_converter(options: I2EOptions, bundle: DataBundle, seed: int, dtype: t
             dtype=dtype,
             backend=options.backend,
         )
+        if active:
+            from .sensor import SensorI2E, SensorModel
+
+            converter = SensorI2E(converter, SensorModel(**sensor.model_arguments(), seed=seed), sensor.eval)
     except (ValueError, TypeError) as e:
-        raise UserError(f"invalid i2e settings: {e}") from None
+        raise UserError(f"invalid i2e or sensor settings: {e}") from None
+    return converter
+
+
+def _sensor_on(sensor: SensorOptions) -> bool:
+    values = sensor.model_arguments()
+    return any(
+        values[k]
+        for k in ("threshold_sigma", "shot_noise_rate", "refractory_steps", "hot_pixel_fraction", "drop_rate")
+    ) or bool(values["threshold_sigma_off"])
+
+
+def read_sensor(cfg: DictConfig) -> SensorOptions | None:
+    """``sensor.*``, or None where the config has no sensor section (a checkpoint stored before it existed)."""
+    return config.read(SensorOptions, cfg, "sensor") if OmegaConf.select(cfg, "sensor") is not None else None
 
 
 def build_batch_transform(
@@ -121,13 +161,26 @@ def build_batch_transform(
     return ChainBatch(*parts)
 
 
-def build_events_transform(extras: ExtrasOptions) -> Any:
-    """Random temporal subsets in training (``extras.t_train``), or None (the default: all timesteps)."""
-    from .data.transforms import TemporalSubset
+def build_events_transform(extras: ExtrasOptions, augment: EventAugmentOptions | None, seed: int) -> Any:
+    """What runs on the events in training: event-domain augmentation (``event_augment.*``), then a
+    random temporal subset (``extras.t_train``); None when both are off (the default)."""
+    from .data.transforms import ChainEvents, TemporalSubset
 
-    if extras.t_train is None:
-        return None
-    return TemporalSubset(extras.t_train, contiguous=extras.t_train_contiguous)
+    parts: list[Any] = []
+    if augment is not None:
+        from .event_augment import EventAugment
+
+        try:
+            event_augment = EventAugment(**dataclasses.asdict(augment), seed=seed)
+        except (ValueError, TypeError) as e:
+            raise UserError(f"invalid event_augment settings: {e}") from None
+        if event_augment.enabled:
+            parts.append(event_augment)
+    if extras.t_train is not None:
+        parts.append(TemporalSubset(extras.t_train, contiguous=extras.t_train_contiguous))
+    if len(parts) < 2:
+        return parts[0] if parts else None
+    return ChainEvents(*parts)
 
 
 def build_optimizer(options: OptimOptions, model: nn.Module) -> torch.optim.Optimizer:
@@ -230,7 +283,9 @@ def build_run(cfg: DictConfig, run_dir: Path, dist: distributed.DistInfo | None 
         converter=converter,
         scaler=torch.amp.GradScaler(dist.device.type) if amp.dtype == torch.float16 else None,
         batch_transform=batch_transform,
-        events_transform=build_events_transform(extras),
+        events_transform=build_events_transform(
+            extras, config.read(EventAugmentOptions, cfg, "event_augment"), run.seed
+        ),
         clip_grad_norm=opts.clip_grad_norm,
         ema=engine.ModelEma(model, opts.ema_decay, opts.ema_warmup) if opts.ema_decay is not None else None,
     )
@@ -254,7 +309,15 @@ def build_run(cfg: DictConfig, run_dir: Path, dist: distributed.DistInfo | None 
         eval_amp=resolve_eval_amp(opts.eval_precision, amp),
         config=OmegaConf.to_container(cfg, resolve=True),
         callbacks=default_callbacks(opts.preview_samples, opts.firing_rate_batches, data),
+        tracker=build_tracker(cfg) if dist.is_main else None,
     )
+
+
+def build_tracker(cfg: DictConfig) -> Any:
+    """The experiment tracker of ``logger=...`` (None for TensorBoard alone, or without the section)."""
+    from .tracking import tracker_from_config
+
+    return tracker_from_config(OmegaConf.select(cfg, "logger"))
 
 
 def example_events(

@@ -314,6 +314,40 @@ class ExtrasOptions:
 
 
 @dataclass
+class SensorOptions:
+    """``sensor.*``: the DVS sensor model applied to I2E's events (configs/sensor/; values are
+    checked by :class:`i2e_train.sensor.SensorModel`)."""
+
+    threshold_sigma: float
+    threshold_sigma_off: float | None
+    fixed_pattern: bool
+    pattern_seed: int
+    shot_noise_rate: float
+    shot_noise_on_fraction: float
+    refractory_steps: int
+    hot_pixel_fraction: float
+    drop_rate: float
+    eval: bool
+
+    def model_arguments(self) -> dict[str, Any]:
+        """The keyword arguments of ``SensorModel`` (all keys but ``eval``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "eval"}
+
+
+@dataclass
+class EventAugmentOptions:
+    """``event_augment.*``: event-domain augmentation in training (configs/event_augment/; values
+    are checked by :class:`i2e_train.event_augment.EventAugment`)."""
+
+    flip_prob: float
+    translate: int
+    translate_mode: str
+    polarity_swap_prob: float
+    time_reverse_prob: float
+    drop_rate: float
+
+
+@dataclass
 class RunOptions:
     """Top-level keys of configs/train.yaml."""
 
@@ -334,6 +368,8 @@ TRAIN_SECTIONS: dict[str, type] = {
     "sched": SchedOptions,
     "loss": LossOptions,
     "extras": ExtrasOptions,
+    "sensor": SensorOptions,
+    "event_augment": EventAugmentOptions,
 }
 
 

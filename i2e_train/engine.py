@@ -278,7 +278,11 @@ def evaluate(
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, samples
     samples = 0
     k = min(5, num_classes)
-    for batch in _limit(batches, limit_batches):
+    for index, batch in enumerate(_limit(batches, limit_batches)):
+        if hasattr(converter, "manual_seed"):
+            # Fixed pairs make plain I2E deterministic; a sensor model evaluated too (sensor.eval)
+            # draws noise: seeded per batch, every evaluation of a checkpoint sees the same events.
+            converter.manual_seed(mix_seed(0xE7A1, index))
         inputs, labels = move(batch, device)
         with amp.autocast():
             logits = model(to_events(inputs, converter, amp.dtype or torch.float32)).float()

@@ -93,7 +93,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             source = "its stored config" if stored else "the command line (model=..., dataset=...)"
             raise CheckpointError(f"{e} (model and dataset came from {source})") from None
         i2e = config.read(config.I2EOptions, cfg, "i2e")
-        converter = builders.build_converter(i2e, data, int(cfg.get("seed", 0)), amp.dtype or torch.float32)
+        seed = int(cfg.get("seed", 0))
+        converter = builders.build_converter(
+            i2e, data, seed, amp.dtype or torch.float32, builders.read_sensor(cfg)
+        )
         if converter is not None:
             converter.to(dist.device).eval()
         loader = val_loader(
@@ -136,9 +139,27 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
             _write_report_files(out_dir, result.confusion, _class_names(data), spiking, report)
             _print_summary(report, out_dir, spiking_summary(spiking))
+            _track(cfg, ckpt_path, report)
         return report
     finally:
         distributed.cleanup()
+
+
+def _track(cfg: DictConfig, ckpt_path: Path, report: dict[str, Any]) -> None:
+    """The report goes to the run's experiment tracker too (``logger=...``), into the training run's
+    tracker run when the checkpoint sits in a run folder."""
+    from .builders import build_tracker
+    from .tracking import run_name
+
+    tracker = build_tracker(cfg)
+    if tracker is None:
+        return
+    run_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else ckpt_path.parent
+    tracker.start(run_dir, OmegaConf.to_container(cfg, resolve=True), run_name(run_dir), resume=True)
+    try:
+        tracker.log_summary(report, prefix=f"eval/{ckpt_path.stem}")
+    finally:
+        tracker.finish()
 
 
 def _class_names(data: Any) -> list[str]:

@@ -52,11 +52,16 @@ def _route_spikingjelly_logs() -> None:
 
 
 class MetricsWriter:
-    """Appends one JSON row per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard."""
+    """Appends one JSON row per epoch to ``metrics.jsonl`` and mirrors scalars to TensorBoard and to
+    the experiment tracker of ``logger=...`` (W&B, MLflow) when there is one."""
 
-    def __init__(self, run_dir: Path, enabled: bool = True, tensorboard: bool = True) -> None:
+    def __init__(
+        self, run_dir: Path, enabled: bool = True, tensorboard: bool = True, tracker: Any = None
+    ) -> None:
         self.enabled = enabled
+        self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
+        self.tracker = tracker if enabled else None
         self.tb = None
         if enabled and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -72,11 +77,20 @@ class MetricsWriter:
         if len(kept) != len(rows):
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
+    def start(self, config: dict[str, Any], resumed: bool) -> None:
+        """Open the tracker's run (a resumed run continues the tracker's run too)."""
+        if self.tracker is not None:
+            from .tracking import run_name
+
+            self.tracker.start(self.run_dir, config, run_name(self.run_dir), resume=resumed)
+
     def write(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+        if self.tracker is not None:
+            self.tracker.log_metrics(row, int(row["epoch"]))
         if self.tb is not None:
             step = int(row["epoch"])
             for key, value in row.items():
@@ -88,12 +102,27 @@ class MetricsWriter:
         if self.tb is not None:
             self.tb.add_scalar(tag, value, step)
 
-    def close(self) -> None:
+    def close(self, status: str = "finished") -> None:
+        """Flush and close TensorBoard; finish the tracker's run (``finished`` | ``failed`` | ``killed``)."""
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
+        if self.tracker is not None:
+            self.tracker.finish(status)
+            self.tracker = None
 
 
 def _tb_tag(key: str) -> str:
     # train_loss -> train/loss, val_top1 -> val/top1; others stay at top level.
     head, _, tail = key.partition("_")
     return f"{head}/{tail}" if head in ("train", "val") and tail else key
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    """The console line of a metrics row."""
+    ema = f"  EMA top1 {row['val_top1_ema']:.2f}%" if "val_top1_ema" in row else ""
+    return (
+        f"epoch {row['epoch']}/{epochs}  lr {row['lr']:.4g}  train loss {row['train_loss']:.4f} "
+        f"top1 {row['train_top1']:.2f}%  val loss {row['val_loss']:.4f} top1 {row['val_top1']:.2f}% "
+        f"top5 {row['val_top5']:.2f}% ({row['val_samples']} samples){ema}  {row['epoch_seconds']:.1f}s"
+    )

@@ -300,3 +300,27 @@ def set_threads(threads: int | str | None, device: torch.device) -> int:
     if threads is not None:
         torch.set_num_threads(usable_cpus() if threads == "auto" else int(threads))
     return torch.get_num_threads()
+
+
+def log_selection(line: str) -> None:
+    """A SpikingJelly log line worth keeping: its kernel selection."""
+    if "selection" in line:
+        log.info("spikingjelly: %s", line)
+
+
+def log_settings(parts: Any, options: TrainerOptions, device: torch.device) -> None:
+    """One line saying how the step runs: the LIF kernel and every speed setting in effect."""
+    kernel = lif_kernel(parts.plain, device, parts.amp.dtype, compiled=options.compile)
+    backend = getattr(parts.converter, "resolved_backend", lambda d: "n/a")(device)
+    log.info(
+        "LIF kernel: %s | channels_last %s, compile %s, cudnn.benchmark %s, memopt %d, device augment %s, "
+        "I2E backend %s, threads %d",
+        kernel,
+        options.channels_last,
+        options.compile,
+        options.cudnn_benchmark and device.type == "cuda",
+        options.memopt,
+        parts.batch_transform if parts.batch_transform is not None else "none",
+        backend,
+        torch.get_num_threads(),
+    )

@@ -17,14 +17,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed, engine, speed
+from . import checkpoint, distributed, engine, selfcheck, speed
 from .callbacks import Callback
 from .config import TrainerOptions
 from .data import DataBundle
 from .data.loading import TrainBatches
 from .data.sampler import mix_seed
 from .errors import UserError
-from .monitor import MetricsWriter, log
+from .monitor import MetricsWriter, epoch_line, log
 from .signals import StopRequested
 
 
@@ -44,33 +44,26 @@ class Trainer:
         eval_amp: engine.AmpSettings | None = None,
         config: dict[str, Any] | None = None,
         callbacks: list[Callback] | None = None,
+        tracker: Any = None,
     ) -> None:
-        self.parts = parts
-        self.model = parts.plain
-        self.scheduler = scheduler
-        self.batches = batches
-        self.val_loader = val_loader
-        self.data = data
-        self.opt = options
-        self.dist = dist
-        self.device = dist.device
-        self.run_dir = run_dir
-        self.seed = seed
+        self.parts, self.model, self.converter = parts, parts.plain, parts.converter
+        self.scheduler, self.batches, self.val_loader, self.data = scheduler, batches, val_loader, data
+        self.opt, self.dist, self.device = options, dist, dist.device
+        self.run_dir, self.seed, self.config = run_dir, seed, config or {}
         self.eval_amp = eval_amp or engine.AmpSettings(dist.device.type)
-        self.config = config or {}
         self.callbacks = list(callbacks or [])
         self.checkpoints = checkpoint.RunCheckpoints(run_dir / "checkpoints", options.keep_checkpoints)
         self.objects = checkpoint.TrainingObjects(
             parts.plain, parts.optimizer, scheduler, parts.scaler, parts.ema
         )
-        self.metrics = MetricsWriter(run_dir, enabled=dist.is_main, tensorboard=options.tensorboard)
+        self.metrics = MetricsWriter(
+            run_dir, enabled=dist.is_main, tensorboard=options.tensorboard, tracker=tracker
+        )
         self.progress = checkpoint.Progress()
+        self.resumed = False
         self.stop = StopRequested()
         self._first_step_done = False
-
-    @property
-    def converter(self) -> nn.Module | None:
-        return self.parts.converter
+        self.self_checks: list[selfcheck.CheckResult] = []
 
     # ------------------------------------------------------------------ state
     def restore(self, resume: str | None, init_from: str | None) -> None:
@@ -82,6 +75,8 @@ class Trainer:
                 os.environ["TORCHELASTIC_RESTART_COUNT"],
             )
             resume = "auto"
+        if self.dist.is_main and (removed := self.checkpoints.remove_stale_temporaries()):
+            log.info("removed %d partial checkpoint file(s) of a run killed while saving", removed)
         path = self.checkpoints.resume_path(resume) if resume else None
         if resume == "auto" and path is None:
             log.info("resume=auto: no checkpoint in %s, starting a new run", self.checkpoints.folder)
@@ -97,10 +92,9 @@ class Trainer:
                 )
             if not self.dist.is_main:
                 self.progress.partial = None  # rank 0 carries the interrupted epoch's sums
-            where = f"epoch {self.progress.epoch}" + (
-                f", step {self.progress.step}" if self.progress.step else ""
-            )
-            log.info("resumed from %s (%s completed)", path, where)
+            self.resumed = True
+            step = f", step {self.progress.step}" if self.progress.step else ""
+            log.info("resumed from %s (epoch %d%s completed)", path, self.progress.epoch, step)
             self.metrics.truncate_after(self.progress.epoch)
         elif init_from:
             info = checkpoint.load_weights(self.model, init_from, replace_head=True)
@@ -132,16 +126,22 @@ class Trainer:
             return {}
         self.scheduler.step(self.progress.epoch)
         self.scheduler.step_update(self.progress.global_step)
-        self._log_speed_settings()
+        speed.log_settings(self.parts, self.opt, self.device)
+        self.metrics.start(self.config, self.resumed)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         row: dict[str, Any] = {}
-        with self.stop:
-            for epoch in range(self.progress.epoch, self.opt.epochs):
-                row = self._epoch(epoch)
-                if "stopped" in row:
-                    return row
-        self.metrics.close()
+        status = "failed"
+        try:
+            with self.stop:
+                for epoch in range(self.progress.epoch, self.opt.epochs):
+                    row = self._epoch(epoch)
+                    if "stopped" in row:
+                        status = "killed"
+                        return row
+            status = "finished"
+        finally:
+            self.metrics.close(status)
         log.info(
             "done: %d epochs, best val top-1 %.2f%%, checkpoints in %s",
             self.opt.epochs,
@@ -151,7 +151,7 @@ class Trainer:
         return row
 
     def _epoch(self, epoch: int) -> dict[str, Any]:
-        """Train and validate one epoch; the metrics row, or ``{"stopped": ...}``."""
+        """Train and validate one epoch: its metrics row, or ``{"stopped": ...}`` after a stop signal."""
         resuming = epoch == self.progress.epoch and self.progress.step > 0
         start = self.progress.step if resuming else 0
         stats = (
@@ -160,45 +160,9 @@ class Trainer:
             else engine.EpochStats()
         )
         stats.steps, samples_before = start, stats.samples
-        total = self.batches.steps_per_epoch()
         lr = self.parts.optimizer.param_groups[0]["lr"]
-        self.model.train()
-        if self.converter is not None:
-            self.converter.train()
-        self.parts.set_epoch(epoch)
-        bar = tqdm(
-            total=total,
-            initial=start,
-            desc=f"epoch {epoch + 1}/{self.opt.epochs}",
-            leave=False,
-            disable=not (self.opt.progress and self.dist.is_main),
-            dynamic_ncols=True,
-        )
         t0 = time.perf_counter()
-        stopped = False
-        with bar:
-            for step, micro_batches in enumerate(self.batches.epoch(epoch, start), start=start):
-                with self._first_step_log():
-                    out = engine.train_step(
-                        self.parts,
-                        micro_batches,
-                        seed=mix_seed(self.seed, epoch, step, self.dist.rank),
-                        stop=bool(self.stop),
-                    )
-                if out.nonfinite and not self.opt.skip_nonfinite:
-                    self._nonfinite(epoch, step, out)
-                stats.add(out)
-                self.progress.global_step += 1
-                self.scheduler.step_update(self.progress.global_step)
-                bar.update()
-                bar.set_postfix(loss=f"{out.loss_sum / max(out.samples, 1):.3f}", refresh=False)
-                if out.stop and step + 1 < total:
-                    stopped = True
-                    break
-                every = self.opt.checkpoint_every_steps
-                if every and (step + 1) % every == 0 and step + 1 < total:
-                    self.save(step=step + 1, partial=stats)
-        if stopped:
+        if not self._train(epoch, start, stats):
             self.save(step=stats.steps, partial=stats)
             return self._stopped(f"epoch {epoch + 1} step {stats.steps}")
         seconds = time.perf_counter() - t0
@@ -225,6 +189,9 @@ class Trainer:
         }
         if self.opt.clip_grad_norm is not None:
             row["train_grad_norm"] = train.grad_norm_sum / max(train.steps - start - train.skipped_steps, 1)
+        if self.self_checks:  # recorded once, in the row of the epoch they ran in
+            row["self_check"] = {r.name: r.as_dict() for r in self.self_checks}
+            self.self_checks = []
         if self.parts.ema is not None:
             ema = self.validate(self.opt.limit_val_batches, self.parts.ema.module)
             row.update(val_loss_ema=ema.loss, val_top1_ema=ema.top1, val_top5_ema=ema.top5)
@@ -233,23 +200,41 @@ class Trainer:
         self.metrics.write(row)
         self.progress.epoch = epoch + 1
         self.save(best=is_best)
-        log.info(
-            "epoch %d/%d  lr %.4g  train loss %.4f top1 %.2f%%  val loss %.4f top1 %.2f%% top5 %.2f%% (%d samples)%s  %.1fs",
-            epoch + 1,
-            self.opt.epochs,
-            lr,
-            train.loss,
-            train.top1,
-            val.loss,
-            val.top1,
-            val.top5,
-            val.samples,
-            f"  EMA top1 {row['val_top1_ema']:.2f}%" if "val_top1_ema" in row else "",
-            row["epoch_seconds"],
-        )
+        log.info("%s", epoch_line(row, self.opt.epochs))
         if distributed.any_rank(bool(self.stop), self.device):
             return self._stopped(f"the end of epoch {epoch + 1}")
         return row
+
+    def _train(self, epoch: int, start: int, stats: engine.EpochStats) -> bool:
+        """The training steps of ``epoch`` from step ``start`` on, summed into ``stats``; False when a
+        stop signal ended the epoch early."""
+        total = self.batches.steps_per_epoch()
+        self.model.train()
+        if self.converter is not None:
+            self.converter.train()
+        self.parts.set_epoch(epoch)
+        show = self.opt.progress and self.dist.is_main
+        desc = f"epoch {epoch + 1}/{self.opt.epochs}"
+        with tqdm(
+            total=total, initial=start, desc=desc, leave=False, disable=not show, dynamic_ncols=True
+        ) as bar:
+            for step, micro_batches in enumerate(self.batches.epoch(epoch, start), start=start):
+                seed = mix_seed(self.seed, epoch, step, self.dist.rank)
+                with self._first_step(micro_batches):
+                    out = engine.train_step(self.parts, micro_batches, seed=seed, stop=bool(self.stop))
+                if out.nonfinite and not self.opt.skip_nonfinite:
+                    self._nonfinite(epoch, step, out)
+                stats.add(out)
+                self.progress.global_step += 1
+                self.scheduler.step_update(self.progress.global_step)
+                bar.update()
+                bar.set_postfix(loss=f"{out.loss_sum / max(out.samples, 1):.3f}", refresh=False)
+                if out.stop and step + 1 < total:
+                    return False
+                every = self.opt.checkpoint_every_steps
+                if every and (step + 1) % every == 0 and step + 1 < total:
+                    self.save(step=step + 1, partial=stats)
+        return True
 
     def validate(self, limit_batches: int | None = None, model: nn.Module | None = None) -> engine.EvalResult:
         """Evaluate ``model`` (the trained one by default) on this rank's share of the validation set,
@@ -271,46 +256,28 @@ class Trainer:
     # ------------------------------------------------------------------ reporting
     def _nonfinite(self, epoch: int, step: int, out: engine.StepOutput) -> None:
         error = engine.NonFiniteLossError(epoch + 1, step + 1, out.loss_sum)
-        kept = (
-            f"; the last good checkpoint {self.checkpoints.last} is intact"
-            if self.checkpoints.last.exists()
-            else ""
-        )
+        last = self.checkpoints.last
+        kept = f"; the last good checkpoint {last} is intact" if last.exists() else ""
         raise UserError(f"training stopped: {error}{kept}; lower optim.lr or set trainer.skip_nonfinite=true")
 
     def _stopped(self, where: str) -> dict[str, Any]:
         name = self.stop.signal_name or "a stop signal (on another rank)"
+        last = self.checkpoints.last
         log.info(
             "received %s: stopped at %s, checkpoint written to %s; continue with resume=auto",
             name,
             where,
-            self.checkpoints.last,
+            last,
         )
         return {"stopped": name}
 
-    def _first_step_log(self) -> contextlib.AbstractContextManager:
-        """SpikingJelly picks its LIF kernel on the first call: log its own account of the choice."""
+    def _first_step(self, micro_batches: list[Any]) -> contextlib.AbstractContextManager:
+        """Before the run's first step: the self-checks of the fast paths (``trainer.self_check``),
+        and SpikingJelly's own account of the LIF kernel it selects (it picks it on the first call)."""
         if self._first_step_done:
             return contextlib.nullcontext()
         self._first_step_done = True
-        return speed.spikingjelly_log(_log_selection)
-
-    def _log_speed_settings(self) -> None:
-        opt = self.opt
-        kernel = speed.lif_kernel(self.model, self.device, self.parts.amp.dtype, compiled=opt.compile)
-        backend = getattr(self.converter, "resolved_backend", lambda d: "n/a")(self.device)
-        log.info(
-            "LIF kernel: %s | channels_last %s, compile %s, cudnn.benchmark %s, memopt %d, device augment %s, I2E backend %s",
-            kernel,
-            opt.channels_last,
-            opt.compile,
-            opt.cudnn_benchmark and self.device.type == "cuda",
-            opt.memopt,
-            self.parts.batch_transform if self.parts.batch_transform is not None else "none",
-            backend,
-        )
-
-
-def _log_selection(line: str) -> None:
-    if "selection" in line:
-        log.info("spikingjelly: %s", line)
+        if selfcheck.should_run(self.opt.self_check, self.device):
+            images = micro_batches[0][0].to(self.device)
+            self.self_checks = selfcheck.run_checks(self.model, self.converter, images, self.parts.amp.dtype)
+        return speed.spikingjelly_log(speed.log_selection)

@@ -241,3 +241,24 @@ class ChainBatch:
 
     def __repr__(self) -> str:
         return " -> ".join(repr(t) for t in self.transforms)
+
+
+class ChainEvents:
+    """Event transforms applied in order (event augmentation, then a temporal subset); each is
+    reseeded from the step's seed with its own salt."""
+
+    def __init__(self, *transforms: object) -> None:
+        self.transforms = [t for t in transforms if t is not None]
+
+    def manual_seed(self, seed: int) -> None:
+        for i, t in enumerate(self.transforms):
+            if hasattr(t, "manual_seed"):
+                t.manual_seed(mix_seed(seed, i))
+
+    def __call__(self, events_TBCHW: Tensor) -> Tensor:
+        for t in self.transforms:
+            events_TBCHW = t(events_TBCHW)
+        return events_TBCHW
+
+    def __repr__(self) -> str:
+        return " -> ".join(repr(t) for t in self.transforms)

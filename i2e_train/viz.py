@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # numpy/torch are imported where used: `i2e-viz --help` answe
     from torch import Tensor
 
 PROG = "i2e-viz"
-GROUP_KIND = ("α", "α", "β", "β", "γ", "γ", "γ", "γ")  # DESIGN section 2, table of groups
+GROUP_KIND = ("α", "α", "β", "β", "γ", "γ", "γ", "γ")  # docs/conversion.md, the table of groups
 DEFAULT_RATIO = 0.12  # the paper's ratio for 224x224 photographs
 DEFAULT_SIZE = 224
 

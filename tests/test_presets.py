@@ -1,4 +1,4 @@
-"""Experiment presets carry the paper's values; augmentation presets do exactly what DESIGN says."""
+"""Experiment presets carry the paper's values (docs/recipes.md); augmentation presets do what it says."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from i2e_train.data.transforms import MixBatch, TemporalSubset, eval_transform, 
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN section 4, one row per preset:
+# docs/recipes.md, one row per preset:
 # (dataset, image size, ratio, model, epochs, batch, lr, lr_min, wd, augment, paper top-1, needs init_from)
 CIFAR = (256, 128, 0.1, 5e-5, 2e-4)
 IMNET = (128, 128, 0.1, 5e-5, 1e-5)
@@ -35,6 +35,7 @@ PAPER = {
     "cifar10dvs_baseline": ("cifar10_dvs", 128, None, "ms_resnet18", *DVS, None, 65.6, False),
     "cifar10dvs_transfer1": ("cifar10_dvs", 128, None, "ms_resnet18", *DVS, None, 83.1, True),
     "cifar10dvs_transfer2": ("cifar10_dvs", 128, None, "ms_resnet18", *DVS, None, 92.5, True),
+    "cifar10dvs_baseline_aug": ("cifar10_dvs", 128, None, "ms_resnet18", *DVS, None, None, False),
     "mnist_baseline2": ("mnist", 32, 0.10, "ms_resnet18", *CIFAR, "baseline2", None, False),
     "fashion_mnist_baseline2": ("fashion_mnist", 32, 0.15, "ms_resnet18", *CIFAR, "baseline2", None, False),
     "i2e_cifar10": ("i2e_parquet", 128, None, "ms_resnet18", *CIFAR, None, None, False),
@@ -67,8 +68,14 @@ def test_preset_composes_with_the_papers_values(name):
         assert (cfg.dataset.frames_number, cfg.dataset.split_by, cfg.dataset.split) == (8, "number", "paper")
     assert cfg.paper.top1 == top1
     assert bool(cfg.requires_init_from) == transfer and cfg.init_from is None
-    # the extras stay off in every paper preset
+    # the extras stay off in every paper preset; switched on, mixing stops after 2/3 of the epochs
     assert cfg.extras.mixup_alpha == 0 and cfg.extras.cutmix_alpha == 0 and cfg.extras.t_train is None
+    assert cfg.extras.mix_until == pytest.approx(2 / 3)
+    # the paper's code: fp16 training with loss scaling, fp32 evaluation, DistributedSampler(drop_last=True)
+    assert cfg.trainer.precision == "fp16" and cfg.trainer.eval_precision == "fp32" and cfg.trainer.drop_last
+    augmented = name == "cifar10dvs_baseline_aug"
+    assert (cfg.event_augment.flip_prob, cfg.event_augment.translate) == ((0.5, 5) if augmented else (0.0, 0))
+    assert cfg.sensor.threshold_sigma == 0 and cfg.sensor.shot_noise_rate == 0
 
 
 @pytest.mark.parametrize("name", sorted(PAPER))

@@ -17,7 +17,7 @@ Interface (what a dataset integration needs):
   step from ``(seed, epoch, step, rank)`` (``manual_seed``), so runs resume exactly and the draws
   are the same on CPU and GPU.
 
-Presets (the paper's CPU pipelines, DESIGN section 4):
+Presets (the paper's CPU pipelines, docs/recipes.md):
 
 * ``baseline2``: pad 4 (edge) -> random crop back to the stored size -> resize -> horizontal flip.
 * ``baseline1``: resize -> horizontal flip.

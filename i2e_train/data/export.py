@@ -6,7 +6,7 @@ resampled — and converted with the fixed displacement pairs (evaluation mode),
 when there is one. The datasets' own training/validation transforms (augmentation, bilinear
 resizing) are not used: samples are taken raw from ``DataBundle.train``/``.val``.
 
-Output (``format=parquet``, DESIGN section 5): ``output/train-XXXXX-of-YYYYY.parquet`` and
+Output (``format=parquet``, docs/formats.md): ``output/train-XXXXX-of-YYYYY.parquet`` and
 ``validation-...`` shards with columns ``file_path`` (source file relative to the dataset root, or
 ``<dataset>/<split>/<index>`` for in-memory data), ``label`` and ``data``
 (:func:`i2e_train.data.formats.pack_events` bytes), plus ``metadata.json``. ``format=npz`` writes

@@ -1,4 +1,4 @@
-"""The I2E authors' published event format (DESIGN section 5).
+"""The I2E authors' published event format (docs/formats.md).
 
 A sample is a ``.npy`` file (``np.save``) of a 1-D uint8 array: 8 bytes holding the shape
 ``(T, C, H, W)`` as four little-endian uint16, then ``np.packbits`` of the flattened boolean events

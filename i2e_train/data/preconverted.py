@@ -1,4 +1,4 @@
-"""The I2E authors' pre-converted datasets (DESIGN section 5): samples already are events.
+"""The I2E authors' pre-converted datasets (docs/formats.md): samples already are events.
 
 - ``i2e_parquet``: the published format. ``root`` is one configuration folder of a published
   dataset (I2E-CIFAR10, I2E-ImageNet, ...) holding ``train-*.parquet`` and ``validation-*.parquet``

@@ -1,4 +1,4 @@
-"""Augmentation presets (DESIGN section 4) and the paper's optional training extras.
+"""Augmentation presets (docs/recipes.md) and the paper's optional training extras.
 
 Per-sample pipelines run in the DataLoader workers under the sample's seed (see ``sampler.py``)
 and map a PIL image or uint8 tensor to a uint8 tensor ``[3, S, S]``; I2E then runs on the device.

@@ -67,6 +67,16 @@ def _fsync_dir(directory: Path) -> None:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict, turning every way it can be unreadable into one clear CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        # A run folder or its checkpoints/ folder: point at the files a run writes there.
+        inside = [
+            p
+            for folder in (path, path / "checkpoints")
+            for p in (folder / "last.pt", folder / "best.pt")
+            if p.is_file()
+        ] or sorted(path.glob("*.pt"))[:2] + sorted(path.glob("*.pth"))[:2]
+        hint = " or ".join(f"'{p}'" for p in inside[:2]) if inside else "the checkpoint file inside it"
+        raise CheckpointError(f"checkpoint '{path}' is a folder, not a checkpoint file; give {hint}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist (check the path)")
     try:

@@ -23,10 +23,15 @@ from .errors import UserError
 
 
 def _config_dir() -> Path:
-    """The Hydra configs: the package ``i2e_train.configs`` when installed (a wheel, or an editable
-    install that maps it to the top-level ``configs/``), else ``configs/`` beside the package."""
+    """The Hydra configs: in a source checkout the top-level ``configs/`` beside this package, else
+    the package ``i2e_train.configs`` (a wheel, or an editable install that maps it to ``configs/``)."""
     import importlib.util
 
+    # A checkout imported directly (PYTHONPATH) next to another one installed in editable mode would
+    # otherwise get the installed checkout's configs with its own code.
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "train.yaml").is_file():
+        return checkout / "configs"
     spec = importlib.util.find_spec("i2e_train.configs")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
@@ -175,10 +180,7 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
     except OverrideParseException as e:
-        bad = next((o for o in overrides if "=" not in o and not o.startswith("~")), None)
-        if bad is not None:
-            raise UserError(f"'{bad}' is not a key=value setting (e.g. trainer.epochs=5)") from None
-        raise UserError(f"cannot parse the command line: {_first_line(e)}") from None
+        raise UserError(_parse_message(e, overrides)) from None
     except MissingConfigException as e:
         raise UserError(_missing_config_message(e, overrides)) from None
     except (HydraException, OmegaConfBaseException) as e:
@@ -191,6 +193,44 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
     if missing:
         raise UserError(f"missing required setting '{missing[0]}' (give it as {missing[0]}=...)")
     return cfg
+
+
+# Hydra's grammar needs quotes around values with these (besides spaces and non-ASCII letters).
+_QUOTE_HINT = "values with spaces, non-ASCII letters or any of ()[]{}:=,'\" need quotes"
+
+
+def _parse_message(e: Exception, overrides: list[str]) -> str:
+    """One line for a command line Hydra's lexer/parser rejects, naming the setting and how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for i, ov in enumerate(overrides):
+        if "=" in ov or ov.startswith("~"):
+            continue
+        # A word without '=': usually the rest of a value the shell split at a space.
+        before = overrides[i - 1] if i else ""
+        if "=" not in before:
+            return f"'{ov}' is not a key=value setting (e.g. trainer.epochs=5)"
+        words = [before]
+        for rest in overrides[i:]:
+            if "=" in rest:
+                break
+            words.append(rest)
+        key, _, value = " ".join(words).partition("=")
+        return (
+            f"'{ov}' is not a key=value setting; if it belongs to the value of {key} (the shell splits "
+            f"at spaces), quote the whole setting: '{key}=\"{value}\"'"
+        )
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_override(ov)
+        except Exception as bad:  # noqa: BLE001 - Hydra's lexer and parser raise several types
+            key, _, value = ov.partition("=")
+            return (
+                f"cannot parse the setting '{ov}' ({_first_line(bad)}); {_QUOTE_HINT}: quote the value and "
+                f"the whole setting, e.g. '{key}=\"{value}\"'"
+            )
+    return f"cannot parse the command line: {_first_line(e)}"
 
 
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
@@ -259,7 +299,9 @@ def _key_exists(config_name: str, key: str, overrides: list[str]) -> bool:
         return True
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node
+    # Not ``leaf in node``: that is False for a key whose value is still ??? (dataset.root of most
+    # datasets), which would blame a valid key for another key's mistake.
+    return isinstance(node, DictConfig) and leaf in node.keys()  # noqa: SIM118
 
 
 def _unknown_key_message(config_name: str, key: str, overrides: list[str]) -> str:

@@ -1,6 +1,6 @@
 """``i2e-convert``: turn an image dataset into pre-converted I2E events (DESIGN section 5).
 
-    i2e-convert dataset=image_folder dataset.root=/data/pets dataset.num_classes=37 output=/data/i2e-pets
+    i2e-convert dataset=image_folder dataset.root=/data/pets output=/data/i2e-pets
     i2e-convert dataset=digits output=i2e-digits format=npz
     i2e-convert dataset=image_folder ... output=DIR max_shards=50   # a share of the work; re-run to continue
 

@@ -227,17 +227,16 @@ def render_gif(sample: EventSample, path: Path, frame_ms: int = 400) -> int:
 def _read_image(path: Path) -> Tensor:
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from .data.export import to_pil_rgb
+    from .data.images import read_image
 
+    if path.is_dir():
+        raise UserError(
+            f"image '{path}' is a folder; give an image file (or --dataset image_folder --root ...)"
+        )
     if not path.is_file():
         raise UserError(f"image '{path}' does not exist")
-    try:
-        with Image.open(path) as img:
-            rgb_HWC = np.asarray(to_pil_rgb(img)).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image '{path}': {e}") from None
+    rgb_HWC = np.asarray(read_image(path)).copy()  # its errors name the file in one line
     return torch.from_numpy(rgb_HWC).permute(2, 0, 1)
 
 
@@ -249,13 +248,7 @@ def _dataset_sample(args: argparse.Namespace) -> EventSample:
 
     cli.register_resolvers()
     overrides = [f"dataset={args.dataset}"] + ([f"dataset.root={args.root}"] if args.root else []) + args.set
-    try:
-        cfg = cli.precheck("train", overrides)
-    except UserError as e:
-        # A viewer does not need the class count that training checks: let the data tell it.
-        if "'dataset.num_classes'" not in str(e):
-            raise
-        cfg = cli.precheck("train", [*overrides, "dataset.num_classes=null"])
+    cfg = cli.precheck("train", overrides)
     assert cfg is not None
     bundle = builders.build_data(cfg)
     dataset = bundle.val if args.split == "val" else bundle.train
@@ -326,23 +319,19 @@ def _events_file_sample(path: Path) -> EventSample:
     import numpy as np
     import torch
 
-    from .data.formats import unpack_events
+    from .data.formats import read_array, unpack_events
 
     if not path.is_file():
         raise UserError(f"events file '{path}' does not exist")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "arr_0" not in loaded.files:
-                    raise UserError(f"'{path}' has no array 'arr_0' (arrays: {', '.join(loaded.files)})")
-                arr = loaded["arr_0"]
-        else:
-            arr = loaded
-        if arr.ndim == 1 and arr.dtype == np.uint8:  # a published-format record saved as .npy
+        arr = read_array(path)
+    except ValueError as e:
+        raise UserError(f"'{path}' is not a valid .npz/.npy events file ({e})") from None
+    if arr.ndim == 1 and arr.dtype == np.uint8:  # a published-format record saved as .npy
+        try:
             arr = unpack_events(path.read_bytes()).numpy()
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read events from '{path}': {e}") from None
+        except ValueError as e:
+            raise UserError(f"'{path}' is not a valid .npz/.npy events file ({e})") from None
     if arr.ndim != 4 or arr.shape[1] != 2:
         raise UserError(f"'{path}' holds an array of shape {tuple(arr.shape)}; expected events [T, 2, H, W]")
     return EventSample(torch.from_numpy(np.ascontiguousarray(arr)), title=path.name)
@@ -413,15 +402,40 @@ def run(argv: list[str]) -> Path:
         raise UserError(f"--size must be >= 0, got {args.size}")
     if args.frame_ms < 1:
         raise UserError(f"--frame-ms must be >= 1, got {args.frame_ms}")
+    _check_writable(out)  # before the work, not after it
     sample = load_sample(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if kind == ".png":
-        render_png(sample, out)
-        print(f"wrote {out}", file=sys.stderr)
-    else:
-        n = render_gif(sample, out, args.frame_ms)
-        print(f"wrote {out} ({n} frames)", file=sys.stderr)
+    try:
+        if kind == ".png":
+            render_png(sample, out)
+            print(f"wrote {out}", file=sys.stderr)
+        else:
+            n = render_gif(sample, out, args.frame_ms)
+            print(f"wrote {out} ({n} frames)", file=sys.stderr)
+    except OSError as e:
+        raise UserError(f"cannot write --out '{out}' ({e.strerror or e}); choose another --out") from None
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Make ``out``'s folder; one line when it cannot be made or written to."""
+    import os
+
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a folder; give a file name ending in .png or .gif")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(
+            f"cannot write --out '{out}': '{blocker}' is a file, not a folder; choose another --out"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot write --out '{out}': its folder '{out.parent}' cannot be made ({e.strerror or e}); "
+            "choose another --out"
+        ) from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"cannot write --out '{out}': permission denied; choose another --out")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -145,3 +145,68 @@ def test_user_errors_are_one_line(cli, args, needle):
     assert "Traceback" not in res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("i2e-viz: error:") and needle in lines[0], res.stderr
+
+
+def _one_line(res, *needles: str) -> str:
+    assert res.returncode == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("i2e-viz: error:"), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_broken_events_files_and_unwritable_outputs_get_one_line(cli, tmp_path):
+    events = np.zeros((8, 2, 16, 16), dtype=bool)
+    events[:, 0, 4:8, 4:8] = True
+    np.savez_compressed(tmp_path / "whole.npz", events)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    _one_line(
+        cli("viz", "--events", "cut.npz", "--out", "x.png"),
+        "'cut.npz' is not a valid .npz/.npy events file (a truncated or damaged .npz archive",
+    )
+    rng = np.random.default_rng(0)
+    for name in ("noise.npy", "noise.npz"):
+        (tmp_path / name).write_bytes(rng.integers(0, 256, 512, dtype=np.uint8).tobytes())
+        line = _one_line(
+            cli("viz", "--events", name, "--out", "x.png"),
+            f"'{name}' is not a valid .npz/.npy events file (it holds neither .npy nor .npz data)",
+        )
+        assert "pickle" not in line
+    (tmp_path / "a_file").write_text("not a folder")
+    _one_line(
+        cli("viz", "--events", "whole.npz", "--out", "a_file/x.png"),
+        "cannot write --out 'a_file/x.png': 'a_file' is a file, not a folder",
+    )
+    (tmp_path / "folder.png").mkdir()
+    _one_line(cli("viz", "--events", "whole.npz", "--out", "folder.png"), "--out 'folder.png' is a folder")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_16bit_and_32bit_images(cli, tmp_path):
+    import argparse
+
+    from disk_formats import write_png16
+
+    from i2e_train.viz import load_sample
+
+    pixels = skdata.astronaut()[::4, ::4].copy()
+    write_png16(tmp_path / "deep.png", pixels.astype(np.uint16) * 257)
+    args = argparse.Namespace(
+        image=str(tmp_path / "deep.png"),
+        dataset=None,
+        parquet=None,
+        events=None,
+        ratio=None,
+        order="gamma_alpha_beta",
+        size=0,
+    )
+    sample = load_sample(args)
+    assert torch.equal(sample.image_CHW, torch.from_numpy(pixels).permute(2, 0, 1))
+    Image.fromarray(pixels[..., 0].astype(np.int32) * 1000).save(tmp_path / "counts.tif")
+    _one_line(
+        cli("viz", "counts.tif", "--out", "c.png"),
+        "cannot read image 'counts.tif': 32-bit integer pixels (PIL mode I) have no defined brightness range",
+    )

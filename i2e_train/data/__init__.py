@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -45,7 +46,8 @@ def register(name: str) -> Callable[[Builder], Builder]:
 
 
 def build_datasets(name: str, **kwargs: Any) -> DataBundle:
-    """Build dataset ``name`` from its config keys; unknown names/keys are UserErrors."""
+    """Build dataset ``name`` from its config keys; unknown names/keys are UserErrors, a file given
+    as ``root`` a ValueError."""
     _load_builtin()
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
@@ -57,6 +59,18 @@ def build_datasets(name: str, **kwargs: Any) -> DataBundle:
         raise UserError(
             f"dataset '{name}' has no setting '{unknown[0]}'; its settings are: "
             f"{', '.join(p for p in params)}"
+        )
+    root = kwargs.get("root")
+    if root and Path(str(root)).expanduser().is_file():
+        # Caught here for every dataset: each builder would only say that its folders do not exist.
+        archive = str(root).lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".gz"))
+        raise ValueError(
+            f"dataset.root '{root}' is a file, not a folder; "
+            + (
+                "extract the archive and point dataset.root at the folder it gives"
+                if archive
+                else f"point dataset.root at the folder that holds the {name} data"
+            )
         )
     return builder(**kwargs)
 

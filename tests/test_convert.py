@@ -513,6 +513,20 @@ def test_npz_skip_corrupt_writes_no_file_for_an_unreadable_image(tmp_path):
         np.testing.assert_array_equal(npz["arr_0"], _expected_events(root / "train/cat/c.png"))
 
 
+def test_a_class_folder_on_another_disk_keeps_its_place_in_file_path(tmp_path, photo_root):
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(photo_root, root)
+    (root / "train" / "space").rename(tmp_path / "disk2")
+    os.symlink(tmp_path / "disk2", root / "train" / "space")
+    _convert_folder(root, tmp_path / "out", shard_size=100)
+    paths = [r["file_path"] for r in _read_split(tmp_path / "out", "train")]
+    assert paths == ["train/cat/a.jpg", "train/cat/b.png", "train/cat/exact.png"] + [
+        f"train/space/{n}" for n in ("a.jpg", "b.png", "c.jpg", "d.png")
+    ]
+
+
 def test_16bit_png_converts_like_its_8bit_original(tmp_path):
     from disk_formats import write_png16
 

@@ -137,6 +137,9 @@ class SourceIds:
     def __init__(self, dataset: Any, name: str, split: str, root: str | None) -> None:
         self.prefix = f"{name}/{split}"
         self.root = Path(root).expanduser().resolve() if root else None
+        # Unresolved too: a class folder may be a link to another disk, and its files still belong
+        # under root/train/<class>/.
+        self.plain_root = Path(os.path.abspath(Path(root).expanduser())) if root else None
         self.files: list[str] | None = None
         base, indices = dataset, None
         while isinstance(base, torch.utils.data.Subset):
@@ -156,9 +159,10 @@ class SourceIds:
         if self.files is None:
             return f"{self.prefix}/{index:08d}"
         path = Path(self.files[index])
-        if self.root is not None:
-            with contextlib.suppress(ValueError):
-                return path.resolve().relative_to(self.root).as_posix()
+        if self.root is not None and self.plain_root is not None:
+            for full, base in ((Path(os.path.abspath(path)), self.plain_root), (path.resolve(), self.root)):
+                with contextlib.suppress(ValueError):
+                    return full.relative_to(base).as_posix()
         return path.as_posix()
 
 

@@ -3,7 +3,9 @@
 Layout: ``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (torchvision ImageFolder;
 any extension PIL reads). Datasets that ship without a split (Caltech) or folders you give as one
 ``root/<class>/<image>`` tree are split per class with ``val_fraction`` from ``split_seed``.
-Every image is decoded to RGB and goes through the photo pipelines of :mod:`.transforms`.
+Every image is decoded to 8-bit RGB by :func:`.images.read_image` (16-bit, transparent and other
+modes included) and goes through the photo pipelines of :mod:`.transforms`. Folders are walked by
+:func:`class_samples`: links are followed where they lead outside the dataset, never around it.
 """
 
 from __future__ import annotations

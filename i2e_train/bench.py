@@ -385,12 +385,11 @@ class _Files(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
-        from PIL import Image
+        from .data.images import read_image
 
         if self.transform is None:  # raw bytes: decoded on the device
             return torch.frombuffer(bytearray(self.paths[i].read_bytes()), dtype=torch.uint8)
-        with Image.open(self.paths[i]) as img:
-            return self.transform(img.convert("RGB"))
+        return self.transform(read_image(self.paths[i]))  # the loader training uses
 
 
 def _rate(loader: Iterable, device: torch.device, consume: Callable[[Any], Tensor], images: int) -> float:

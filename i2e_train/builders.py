@@ -89,9 +89,9 @@ def build_converter(
 ) -> nn.Module | None:
     """I2E on the training device (seen through the sensor model when one is configured), or None
     for datasets that already are events."""
-    active = sensor is not None and _sensor_on(sensor)
+    model = build_sensor(sensor, seed)
     if bundle.events:
-        if active:
+        if model is not None:
             raise UserError(
                 "the sensor model acts on the I2E conversion of images, but this dataset already holds "
                 "events; set sensor=none (event_augment=... augments recorded events)"
@@ -109,21 +109,27 @@ def build_converter(
             dtype=dtype,
             backend=options.backend,
         )
-        if active:
-            from .sensor import SensorI2E, SensorModel
-
-            converter = SensorI2E(converter, SensorModel(**sensor.model_arguments(), seed=seed), sensor.eval)
     except (ValueError, TypeError) as e:
-        raise UserError(f"invalid i2e or sensor settings: {e}") from None
+        raise UserError(f"invalid i2e settings: {e}") from None
+    if model is not None:
+        from .sensor import SensorI2E
+
+        converter = SensorI2E(converter, model, sensor.eval)
     return converter
 
 
-def _sensor_on(sensor: SensorOptions) -> bool:
-    values = sensor.model_arguments()
-    return any(
-        values[k]
-        for k in ("threshold_sigma", "shot_noise_rate", "refractory_steps", "hot_pixel_fraction", "drop_rate")
-    ) or bool(values["threshold_sigma_off"])
+def build_sensor(options: SensorOptions | None, seed: int) -> Any:
+    """The sensor model of ``sensor.*`` (:class:`i2e_train.sensor.SensorModel`), or None when every
+    effect is off (the default: exactly I2E's events)."""
+    if options is None:
+        return None
+    from .sensor import SensorModel
+
+    try:
+        sensor = SensorModel(**options.model_arguments(), seed=seed)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"invalid sensor settings: {e}") from None
+    return sensor if sensor.enabled else None
 
 
 def read_sensor(cfg: DictConfig) -> SensorOptions | None:
@@ -233,7 +239,7 @@ def build_run(cfg: DictConfig, run_dir: Path, dist: distributed.DistInfo | None 
     data = build_data(cfg, device_augment=opts.device_augment is not None)
     model = build_network(str(OmegaConf.select(cfg, "model.name")), data.num_classes)
     converter = build_converter(
-        config.read(I2EOptions, cfg, "i2e"), data, run.seed, amp.dtype or torch.float32
+        config.read(I2EOptions, cfg, "i2e"), data, run.seed, amp.dtype or torch.float32, read_sensor(cfg)
     )
     workers = config.resolve_workers(opts.num_workers)
     batches = train_batches(
@@ -248,6 +254,11 @@ def build_run(cfg: DictConfig, run_dir: Path, dist: distributed.DistInfo | None 
         drop_last=opts.drop_last,
         limit_steps=opts.limit_train_batches,
     )
+    if opts.batch_size > len(data.train):
+        raise UserError(
+            f"trainer.batch_size={opts.batch_size} is larger than the training set ({len(data.train)} samples): "
+            "every step would repeat samples; lower trainer.batch_size"
+        )
     if not batches.steps_per_epoch():
         raise UserError(
             f"the training set has {len(data.train)} samples, too few for one step of {dist.world_size} "

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from . import distributed
-from .data.corrupt import CorruptGuard
+from .data.corrupt import CorruptGuard, uncounted
 from .monitor import log
 
 if TYPE_CHECKING:
@@ -67,7 +67,8 @@ class EventPreview(Callback):
 
         dataset = trainer.batches.loader.dataset  # SeededDataset: the training transform under a seed
         count = min(self.num_samples, len(dataset))
-        samples = [dataset[(i, mix_seed(trainer.seed, trainer.progress.epoch, i))] for i in range(count)]
+        with uncounted(dataset):  # a look at the data, not a pass of the epoch: skips are not counted
+            samples = [dataset[(i, mix_seed(trainer.seed, trainer.progress.epoch, i))] for i in range(count)]
         inputs = torch.stack([torch.as_tensor(np.asarray(s[0])) for s in samples])
         converter = trainer.converter
         if converter is None:  # stored event datasets: samples are [T, C, H, W] already
@@ -102,7 +103,11 @@ class FiringRates(Callback):
         from .report import SpikeActivity
 
         # The DataLoader draws a base seed from the global RNG: keep the run's RNG stream unchanged.
-        with torch.random.fork_rng(devices=[]), SpikeActivity(trainer.model) as activity:
+        with (
+            torch.random.fork_rng(devices=[]),
+            SpikeActivity(trainer.model) as activity,
+            uncounted(trainer.val_loader.dataset),  # a second look at some batches: not counted again
+        ):
             trainer.validate(self.num_batches)
         report = activity.report()  # a collective: every rank gets here
         if not report.firing_rates:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
-from .files import atomic_link, atomic_write, remove_stale_temporaries
+from .files import atomic_link, atomic_write, existing_checkpoint, remove_stale_temporaries, write_progress
 
 FORMAT = "i2e-train"
 VERSION = 1
@@ -40,9 +40,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
     """Load a checkpoint dict, turning every way it can be unreadable into one clear CheckpointError."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist (check the path)")
+    path = existing_checkpoint(path)
     try:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             obj = torch.load(path, map_location=map_location, weights_only=True)
@@ -285,6 +283,17 @@ def restore_training_state(
     return progress, changed
 
 
+def _os_error(e: BaseException | None) -> OSError | None:
+    """``e`` or the OSError it arose from (its ``__cause__`` / ``__context__`` chain)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
 class RunCheckpoints:
     """A run's ``checkpoints/`` folder: ``last.pt`` (written once per save, atomically), ``best.pt``
     (a hard link to the ``last.pt`` that scored best, never serialised twice) and, with ``keep > 0``,
@@ -310,15 +319,35 @@ class RunCheckpoints:
         return self.folder / f"epoch_{epoch:04d}.pt"
 
     def save(self, state: dict[str, Any], *, best: bool = False) -> Path:
-        """Write ``state`` as last.pt; link it as best.pt and, at an epoch end, as epoch_NNNN.pt."""
+        """Write ``state`` as last.pt; link it as best.pt and, at an epoch end, as epoch_NNNN.pt.
+        A full disk or a folder turned read-only ends the run with one line; the previous last.pt
+        stays intact and the partial file is removed."""
+        try:
+            self._save(state, best)
+        except (OSError, RuntimeError) as e:
+            cause = _os_error(e)  # torch.save reports a failed write as a RuntimeError around it
+            if cause is None:
+                raise
+            kept = (
+                f"the previous checkpoint '{self.last}' is intact"
+                if self.last.exists()
+                else "no checkpoint was kept"
+            )
+            raise CheckpointError(
+                f"cannot write checkpoint '{self.last}' ({cause.strerror or type(cause).__name__}); {kept}; "
+                "free some space (or write elsewhere with run_dir=PATH), then continue with resume=auto"
+            ) from None
+        return self.last
+
+    def _save(self, state: dict[str, Any], best: bool) -> None:
         save_checkpoint(state, self.last)
+        write_progress(self.folder, int(state["epoch"]), int(state.get("step") or 0))
         if best:
             atomic_link(self.last, self.best)
         if self.keep and not state.get("step"):
             atomic_link(self.last, self.epoch_file(int(state["epoch"])))
             for old in self.history()[: -self.keep]:
                 old.unlink(missing_ok=True)
-        return self.last
 
     def history(self) -> list[Path]:
         """The kept end-of-epoch checkpoints, oldest first."""

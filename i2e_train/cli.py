@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import errno
 import functools
 import os
 import sys
@@ -23,18 +24,20 @@ from .errors import UserError
 
 
 def _config_dir() -> Path:
-    """The Hydra configs: the top-level ``configs/`` folder of a source checkout (also what an
-    editable install maps), else the installed package ``i2e_train.configs`` (a wheel)."""
+    """The Hydra configs: in a source checkout the top-level ``configs/`` beside this package, else
+    the package ``i2e_train.configs`` (a wheel, or an editable install that maps it to ``configs/``)."""
     import importlib.util
 
-    beside = Path(__file__).resolve().parent.parent / "configs"
-    if (beside / "train.yaml").is_file():
-        return beside
+    # A checkout imported directly (PYTHONPATH) next to another one installed in editable mode would
+    # otherwise get the installed checkout's configs with its own code.
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "train.yaml").is_file():
+        return checkout / "configs"
     spec = importlib.util.find_spec("i2e_train.configs")
     for location in (spec.submodule_search_locations or []) if spec is not None else []:
         if (Path(location) / "train.yaml").is_file():
             return Path(location)
-    return beside
+    return checkout / "configs"
 
 
 CONFIG_DIR = _config_dir()
@@ -103,10 +106,6 @@ def _launcher_start_time() -> float | None:
         return None
 
 
-def _output_subdir() -> str | None:
-    return ".hydra" if int(os.environ.get("RANK", "0")) == 0 else None
-
-
 def _eval_dir(checkpoint: str) -> str:
     path = Path(str(checkpoint))
     if path.parent.name == "checkpoints":
@@ -117,7 +116,6 @@ def _eval_dir(checkpoint: str) -> str:
 def register_resolvers() -> None:
     for name, fn in (
         ("i2e_run_stamp", _run_stamp),
-        ("i2e_output_subdir", _output_subdir),
         ("i2e_eval_dir", _eval_dir),
     ):
         if not OmegaConf.has_resolver(name):
@@ -125,6 +123,9 @@ def register_resolvers() -> None:
 
 
 # ----------------------------------------------------------------------------- errors
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def guard(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictConfig], Any]]:
     """Decorator for a Hydra task: user mistakes become one line and exit code 2."""
 
@@ -137,6 +138,15 @@ def guard(prog: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[DictCo
                 if int(os.environ.get("RANK", "0")) != 0:
                     sys.exit(2)  # rank 0 reports it; N copies of one line help nobody
                 fail(prog, str(e))
+            except OSError as e:
+                if e.errno not in _WRITE_ERRNOS:
+                    raise
+                # The disk filled up or the folder became read-only mid-run (logs, metrics, plots).
+                where = f"'{e.filename}'" if e.filename else "a file"
+                fail(
+                    prog,
+                    f"cannot write {where} ({e.strerror}); free some space or write elsewhere, then run again",
+                )
             except KeyboardInterrupt:
                 print(f"{prog}: interrupted", file=sys.stderr)
                 sys.exit(130)
@@ -177,10 +187,7 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
     except OverrideParseException as e:
-        bad = next((o for o in overrides if "=" not in o and not o.startswith("~")), None)
-        if bad is not None:
-            raise UserError(f"'{bad}' is not a key=value setting (e.g. trainer.epochs=5)") from None
-        raise UserError(f"cannot parse the command line: {_first_line(e)}") from None
+        raise UserError(_parse_message(e, overrides)) from None
     except MissingConfigException as e:
         raise UserError(_missing_config_message(e, overrides)) from None
     except (HydraException, OmegaConfBaseException) as e:
@@ -195,6 +202,44 @@ def precheck(config_name: str, argv: list[str]) -> DictConfig | None:
     return cfg
 
 
+# Hydra's grammar needs quotes around values with these (besides spaces and non-ASCII letters).
+_QUOTE_HINT = "values with spaces, non-ASCII letters or any of ()[]{}:=,'\" need quotes"
+
+
+def _parse_message(e: Exception, overrides: list[str]) -> str:
+    """One line for a command line Hydra's lexer/parser rejects, naming the setting and how to quote it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for i, ov in enumerate(overrides):
+        if "=" in ov or ov.startswith("~"):
+            continue
+        # A word without '=': usually the rest of a value the shell split at a space.
+        before = overrides[i - 1] if i else ""
+        if "=" not in before:
+            return f"'{ov}' is not a key=value setting (e.g. trainer.epochs=5)"
+        words = [before]
+        for rest in overrides[i:]:
+            if "=" in rest:
+                break
+            words.append(rest)
+        key, _, value = " ".join(words).partition("=")
+        return (
+            f"'{ov}' is not a key=value setting; if it belongs to the value of {key} (the shell splits "
+            f"at spaces), quote the whole setting: '{key}=\"{value}\"'"
+        )
+    parser = OverridesParser.create()
+    for ov in overrides:
+        try:
+            parser.parse_override(ov)
+        except Exception as bad:  # noqa: BLE001 - Hydra's lexer and parser raise several types
+            key, _, value = ov.partition("=")
+            return (
+                f"cannot parse the setting '{ov}' ({_first_line(bad)}); {_QUOTE_HINT}: quote the value and "
+                f"the whole setting, e.g. '{key}=\"{value}\"'"
+            )
+    return f"cannot parse the command line: {_first_line(e)}"
+
+
 def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
     """Keys set to ``???``, found without resolving interpolations (which may depend on them)."""
     out = []
@@ -204,6 +249,11 @@ def _missing_keys(cfg: DictConfig, prefix: str = "") -> list[str]:
         elif not OmegaConf.is_interpolation(cfg, key) and isinstance(cfg._get_node(key), DictConfig):
             out += _missing_keys(cfg._get_node(key), f"{prefix}{key}.")
     return out
+
+
+def _runs(argv: list[str]) -> bool:
+    """Whether the command runs the application (not --cfg/--info/--help)."""
+    return not any(a.split("=")[0] in ("--cfg", "-c", "--info", "-i", *_SKIP_PRECHECK) for a in argv)
 
 
 def group_options(group: str) -> list[str]:
@@ -261,7 +311,9 @@ def _key_exists(config_name: str, key: str, overrides: list[str]) -> bool:
         return True
     parent, _, leaf = key.rpartition(".")
     node = OmegaConf.select(cfg, parent) if parent else cfg
-    return isinstance(node, DictConfig) and leaf in node
+    # Not ``leaf in node``: that is False for a key whose value is still ??? (dataset.root of most
+    # datasets), which would blame a valid key for another key's mistake.
+    return isinstance(node, DictConfig) and leaf in node.keys()  # noqa: SIM118
 
 
 def _unknown_key_message(config_name: str, key: str, overrides: list[str]) -> str:
@@ -277,16 +329,56 @@ def _unknown_key_message(config_name: str, key: str, overrides: list[str]) -> st
     return f"unknown config key '{key}'{hint}; valid keys{' under ' + parent if parent else ''}: {', '.join(keys)}"
 
 
-def run_app(config_name: str, prog: str, task: Callable[[DictConfig], Any]) -> None:
+def run_app(
+    config_name: str,
+    prog: str,
+    task: Callable[[DictConfig], Any],
+    check: Callable[[DictConfig], str | None] | None = None,
+) -> None:
     """The body of every Hydra console script: validate the command line (one clear line for a
-    mistake, before any heavy import), then run ``task`` as a Hydra application, its user errors
-    reported by :func:`guard`."""
+    mistake, before any heavy import: the composition, then ``check(cfg)``, which may also answer
+    "nothing to do" at once), then run ``task`` as a Hydra application, its user errors reported
+    by :func:`guard`. ``--cfg`` prints the resolved config unless ``--resolve`` is left to the user."""
     import hydra
 
     register_resolvers()
+    argv = sys.argv[1:]
+    if any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in argv) and "--resolve" not in argv:
+        sys.argv.append("--resolve")
     try:
-        precheck(config_name, sys.argv[1:])
+        cfg = precheck(config_name, argv)
+        done = check(cfg) if cfg is not None and check is not None and _runs(argv) else None
     except UserError as e:
         fail(prog, str(e))
+    if done:
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {done}", file=sys.stderr)
+        sys.exit(0)
     app = hydra.main(config_path=str(CONFIG_DIR), config_name=config_name, version_base="1.3")
     app(guard(prog)(task))()
+
+
+# ----------------------------------------------------------------------------- a run's folder
+def claim_run_dir(run_dir: Path, cfg: DictConfig) -> Any:
+    """Make ``run_dir`` this run's, once its command is accepted (nothing is written there before):
+    the lock that keeps a second live run out, a check that it is writable, Hydra's config snapshot
+    in ``.hydra/`` and the log file (with the lines logged so far). Rank 0 only; returns the lock."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from .files import RunLock, atomic_write, check_writable
+    from .monitor import attach_log_file
+
+    check_writable(run_dir, "run_dir")
+    lock = RunLock(run_dir).acquire("run_dir")
+    check_writable(run_dir / "checkpoints", "run_dir")
+    hydra_cfg = HydraConfig.get()
+    snapshot = run_dir / ".hydra"
+    snapshot.mkdir(exist_ok=True)
+    for name, node in (
+        ("config.yaml", cfg),
+        ("hydra.yaml", OmegaConf.create({"hydra": hydra_cfg})),
+        ("overrides.yaml", hydra_cfg.overrides.task),
+    ):
+        text = OmegaConf.to_yaml(node)
+        atomic_write(snapshot / name, lambda f, t=text: f.write(t.encode()))
+    attach_log_file(run_dir)
+    return lock

@@ -236,9 +236,15 @@ class I2EOptions:
     backend: str
 
     def __post_init__(self) -> None:
+        from .pairs import resolve_order
+
         if self.ratio is not None:
             _at_least("i2e.ratio", self.ratio, 0.0)
         _choice("i2e.backend", self.backend, I2E_BACKENDS)
+        try:
+            resolve_order(self.order)
+        except ValueError as e:
+            raise UserError(f"i2e.order: {e}") from None
 
 
 @dataclass
@@ -359,6 +365,40 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         _at_least("seed", self.seed, 0)
+
+
+# Published split name -> folder name of the older npz layout.
+SPLIT_DIRS = {"train": "train", "validation": "val"}
+
+
+@dataclass
+class ConvertOptions:
+    """Top-level keys of configs/convert.yaml (``i2e-convert``; the file documents them)."""
+
+    output: str
+    format: str
+    split: str
+    shard_size: int
+    batch_size: int
+    device: str
+    num_workers: int | str
+    max_shards: int | None
+    progress: bool
+
+    def __post_init__(self) -> None:
+        _choice("format", self.format, ("parquet", "npz"))
+        _choice("split", self.split, ("all", *SPLIT_DIRS))
+        for key in ("shard_size", "batch_size"):
+            _at_least(key, getattr(self, key), 1)
+        _at_least("max_shards", self.max_shards, 1, nullable=True)
+        if self.num_workers != "auto" and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise UserError(f"num_workers must be auto or an integer >= 0, got {self.num_workers!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
+    @property
+    def splits(self) -> list[str]:
+        return list(SPLIT_DIRS) if self.split == "all" else [self.split]
 
 
 TRAIN_SECTIONS: dict[str, type] = {

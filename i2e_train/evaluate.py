@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from . import cli, config
+from . import cli, config, files
 from .errors import CheckpointError, UserError
 
 PROG = "i2e-eval"
@@ -53,6 +53,14 @@ def merge_with_checkpoint_config(
         # Configs stored before the ratio moved to i2e.ratio (its one home) kept a copy here.
         merged.dataset.pop("ratio")
     return merged
+
+
+def check(cfg: DictConfig) -> None:
+    """Before any heavy import: the checkpoint exists, the machine settings are valid, and the
+    report's folder can be written (next to a read-only checkpoint it cannot: say out_dir=...)."""
+    files.existing_checkpoint(cfg.checkpoint)
+    config.read(config.TrainerOptions, cfg, "trainer")
+    files.check_writable(Path(cfg.out_dir), "out_dir")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -208,7 +216,7 @@ def _print_summary(report: dict[str, Any], out_dir: Path, extra: list[str] | Non
 
 
 def main() -> None:
-    cli.run_app("eval", PROG, run)
+    cli.run_app("eval", PROG, run, check)
 
 
 if __name__ == "__main__":

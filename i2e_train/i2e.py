@@ -21,7 +21,6 @@ polarity gets its own threshold ``th * scale``; see :func:`i2e_convert`.
 
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import operator
@@ -30,6 +29,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .levels import uint8_to_float32_table
+from .pairs import (
+    DEFAULT_ORDER,
+    GROUPS,
+    NUM_STEPS,
+    ORDERS,
+    _order_label,
+    _position_rc,
+    fixed_pairs,
+    resolve_order,
+)
 
 __all__ = [
     "GROUPS",
@@ -44,33 +55,6 @@ __all__ = [
     "uint8_to_float32_table",
 ]
 
-NUM_STEPS = 8
-
-# Positions 1..9 of the 3x3 neighbourhood, row-major (5 = centre).
-# Each group holds equivalent (from, to) displacement pairs; the first pair is
-# the one used when vectors are not randomised.
-GROUPS: tuple[tuple[tuple[int, int], ...], ...] = (
-    ((5, 6), (1, 2), (2, 3), (4, 5), (7, 8), (8, 9)),  # alpha, horizontal
-    ((5, 2), (4, 1), (6, 3), (7, 4), (8, 5), (9, 6)),  # alpha, vertical
-    ((5, 3), (4, 2), (7, 5), (8, 6)),  # beta, diagonal
-    ((5, 1), (6, 2), (8, 4), (9, 5)),  # beta, anti-diagonal
-    ((9, 4), (6, 1)),  # gamma
-    ((4, 3), (7, 6)),  # gamma
-    ((3, 8), (2, 7)),  # gamma
-    ((8, 1), (9, 2)),  # gamma
-)
-
-ORDERS: dict[str, tuple[int, ...]] = {
-    "alpha_beta_gamma": (0, 1, 2, 3, 4, 5, 6, 7),
-    "alpha_gamma_beta": (0, 1, 4, 5, 6, 7, 2, 3),
-    "beta_alpha_gamma": (2, 3, 0, 1, 4, 5, 6, 7),
-    "beta_gamma_alpha": (2, 3, 4, 5, 6, 7, 0, 1),
-    "gamma_alpha_beta": (4, 5, 6, 7, 0, 1, 2, 3),
-    "gamma_beta_alpha": (4, 5, 6, 7, 2, 3, 0, 1),
-}
-
-DEFAULT_ORDER = "gamma_alpha_beta"
-
 # auto: the fused Triton kernel for CUDA tensors when triton is installed, else torch.
 BACKENDS = ("auto", "torch", "triton")
 
@@ -79,45 +63,6 @@ _OUTPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, tor
 # Every group size divides this, so ``randint(0, _DRAW_RANGE) % len(group)`` is
 # exactly uniform and one vectorised draw serves groups of different sizes.
 _DRAW_RANGE = math.lcm(*(len(g) for g in GROUPS))
-
-
-def _position_rc(p: int) -> tuple[int, int]:
-    return (p - 1) // 3, (p - 1) % 3
-
-
-def resolve_order(order: str | Sequence[int]) -> tuple[int, ...]:
-    """Turn a preset name or an explicit list of 8 group indices into a tuple."""
-    valid = ", ".join(ORDERS)
-    if isinstance(order, str):
-        if order not in ORDERS:
-            raise ValueError(
-                f"unknown I2E order {order!r}; valid presets: {valid} "
-                f"(or a list of {NUM_STEPS} group indices in 0..{len(GROUPS) - 1})"
-            )
-        return ORDERS[order]
-    try:
-        items = list(order)
-        # bool is an int subclass but True/False as group indices is surely a mistake.
-        groups = tuple(operator.index(g) for g in items if not isinstance(g, bool))
-    except TypeError:
-        items, groups = [], ()
-    if len(groups) != NUM_STEPS or len(items) != NUM_STEPS or any(not 0 <= g < len(GROUPS) for g in groups):
-        raise ValueError(
-            f"invalid I2E order {order!r}; expected a preset name ({valid}) "
-            f"or a list of {NUM_STEPS} group indices in 0..{len(GROUPS) - 1}"
-        )
-    return groups
-
-
-def _order_label(order: str | Sequence[int]) -> str:
-    return order if isinstance(order, str) else str(list(resolve_order(order)))
-
-
-def fixed_pairs(
-    order: str | Sequence[int] = DEFAULT_ORDER,
-) -> tuple[tuple[int, int], ...]:
-    """The deterministic (from, to) pair of each timestep: its group's first pair."""
-    return tuple(GROUPS[g][0] for g in resolve_order(order))
 
 
 def _check_ratio(ratio: float) -> float:
@@ -178,27 +123,6 @@ def _check_pair_tensor(pairs_TB2: Tensor, batch_size: int) -> Tensor:
     if bool(((pairs_TB2 < 1) | (pairs_TB2 > 9) | (pairs_TB2[..., 0] == pairs_TB2[..., 1])[..., None]).any()):
         raise ValueError("I2E per-sample pairs must be (from, to) positions in 1..9 with from != to")
     return pairs_TB2
-
-
-@functools.cache
-def _u8_table_cpu() -> Tensor:
-    # Imported here: torchvision is only needed for uint8 images.
-    from torchvision.transforms.v2 import functional as TF
-
-    return TF.to_dtype(torch.arange(256, dtype=torch.uint8), torch.float32, scale=True)
-
-
-@functools.cache
-def uint8_to_float32_table(device: torch.device | str = "cpu") -> Tensor:
-    """The 256 float32 values I2E gives the uint8 levels 0..255, on ``device``.
-
-    The table IS torchvision's ``v2.ToDtype(torch.float32, scale=True)`` (the paper's pipeline)
-    applied to ``arange(256)`` on the CPU: ``x.to(float32).mul_(1 / 255)``, i.e. ``x`` times the
-    float32 constant ``float32(1/255)`` — not the quotient ``x / 255``, which differs by one ulp for
-    126 of the 256 levels. Computed by calling torchvision, once, so it cannot drift from it; the
-    torch path and the Triton kernel both read this one table. Read-only: do not modify it.
-    """
-    return _u8_table_cpu().to(torch.device(device))
 
 
 def _intensity(images_BCHW: Tensor) -> Tensor:

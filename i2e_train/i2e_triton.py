@@ -8,7 +8,7 @@ A work item is one image, or one band of rows of an image when the batch is too 
 GPU (``split`` bands per image). For each item a program
 
 1. reads the whole image once (uint8 or float, any strides): ``V = max(R, G, B)`` in float32
-   (uint8 through the 256-entry table of :func:`i2e_train.i2e.uint8_to_float32_table`, i.e.
+   (uint8 through the 256-entry table of :func:`i2e_train.levels.uint8_to_float32_table`, i.e.
    torchvision's ``ToDtype(float32, scale=True)``), the per-image min/max, and writes ``V``
    of its band (plus one halo row each side) into its scratch slot;
 2. computes the 8 timesteps of its band from the scratch: every displacement pair is two clamped
@@ -40,6 +40,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from .levels import uint8_to_float32_table
 
 NUM_STEPS = 8
 _DENSE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.uint8, torch.bool)
@@ -96,8 +98,6 @@ def pair_codes(pairs_TB2: Tensor) -> Tensor:
 
 def _u8_table(device: torch.device) -> Tensor:
     # The one shared table (torchvision's ToDtype(float32, scale=True) of 0..255), cached per device.
-    from .i2e import uint8_to_float32_table
-
     return uint8_to_float32_table(device)
 
 

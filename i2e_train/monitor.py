@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import math
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ log = logging.getLogger(LOGGER_NAME)
 
 
 def setup_logging(run_dir: Path | None, rank: int = 0, filename: str = "train.log") -> logging.Logger:
-    """INFO to stderr and ``run_dir/filename`` on rank 0; other ranks only report warnings."""
+    """INFO to stderr and ``run_dir/filename`` on rank 0; other ranks only report warnings.
+
+    With ``run_dir=None`` the lines are kept in memory until :func:`attach_log_file` (a run writes
+    nothing into its folder before its command is accepted)."""
     # timm warns that a 1-epoch cosine schedule is constant; that is expected in smoke runs.
     logging.getLogger("timm").setLevel(logging.ERROR)
     _route_spikingjelly_logs()
@@ -28,12 +32,25 @@ def setup_logging(run_dir: Path | None, rank: int = 0, filename: str = "train.lo
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(fmt)
     log.addHandler(console)
-    if rank == 0 and run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(run_dir / filename)
-        file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
-        log.addHandler(file_handler)
+    if rank == 0:
+        if run_dir is not None:
+            attach_log_file(run_dir, filename)
+        else:
+            log.addHandler(logging.handlers.MemoryHandler(capacity=100_000, flushLevel=logging.CRITICAL + 1))
     return log
+
+
+def attach_log_file(run_dir: Path, filename: str = "train.log") -> None:
+    """Start writing the log to ``run_dir/filename``, beginning with the lines kept so far."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    file_handler = logging.FileHandler(run_dir / filename)
+    file_handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s"))
+    for handler in list(log.handlers):
+        if isinstance(handler, logging.handlers.MemoryHandler):
+            handler.setTarget(file_handler)
+            handler.flush()
+            log.removeHandler(handler)
+    log.addHandler(file_handler)
 
 
 def _route_spikingjelly_logs() -> None:
@@ -62,11 +79,8 @@ class MetricsWriter:
         self.run_dir = run_dir
         self.path = run_dir / "metrics.jsonl"
         self.tracker = tracker if enabled else None
-        self.tb = None
-        if enabled and tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.tensorboard = enabled and tensorboard
+        self.tb = None  # opened by start(): nothing is written before the run starts
 
     def truncate_after(self, epoch: int) -> None:
         """Drop rows of epochs after ``epoch`` (a resumed run rewrites them)."""
@@ -78,7 +92,11 @@ class MetricsWriter:
             self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def start(self, config: dict[str, Any], resumed: bool) -> None:
-        """Open the tracker's run (a resumed run continues the tracker's run too)."""
+        """Open TensorBoard and the tracker's run (a resumed run continues the tracker's run too)."""
+        if self.tensorboard and self.tb is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
         if self.tracker is not None:
             from .tracking import run_name
 

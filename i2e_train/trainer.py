@@ -75,8 +75,6 @@ class Trainer:
                 os.environ["TORCHELASTIC_RESTART_COUNT"],
             )
             resume = "auto"
-        if self.dist.is_main and (removed := self.checkpoints.remove_stale_temporaries()):
-            log.info("removed %d partial checkpoint file(s) of a run killed while saving", removed)
         path = self.checkpoints.resume_path(resume) if resume else None
         if resume == "auto" and path is None:
             log.info("resume=auto: no checkpoint in %s, starting a new run", self.checkpoints.folder)
@@ -95,7 +93,6 @@ class Trainer:
             self.resumed = True
             step = f", step {self.progress.step}" if self.progress.step else ""
             log.info("resumed from %s (epoch %d%s completed)", path, self.progress.epoch, step)
-            self.metrics.truncate_after(self.progress.epoch)
         elif init_from:
             info = checkpoint.load_weights(self.model, init_from, replace_head=True)
             if self.parts.ema is not None:
@@ -124,6 +121,9 @@ class Trainer:
                 self.opt.epochs,
             )
             return {}
+        if self.dist.is_main and (removed := self.checkpoints.remove_stale_temporaries()):
+            log.info("removed %d partial checkpoint file(s) of a run killed while saving", removed)
+        self.metrics.truncate_after(self.progress.epoch)  # a resumed run rewrites the later rows
         self.scheduler.step(self.progress.epoch)
         self.scheduler.step_update(self.progress.global_step)
         speed.log_settings(self.parts, self.opt, self.device)

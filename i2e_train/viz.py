@@ -49,9 +49,15 @@ class EventSample:
 
 
 def sample_from_image(
-    image_CHW: Tensor, ratio: float, order: str | Sequence[int], title: str = "", size: int | None = None
+    image_CHW: Tensor,
+    ratio: float,
+    order: str | Sequence[int],
+    title: str = "",
+    size: int | None = None,
+    sensor: tuple[str, Any] | None = None,
 ) -> EventSample:
-    """Resize (bicubic, as ``i2e-convert``) and convert one uint8 image with the fixed pairs."""
+    """Resize (bicubic, as ``i2e-convert``) and convert one uint8 image with the fixed pairs; with a
+    ``sensor`` (its name and :class:`i2e_train.sensor.SensorModel`), as that sensor would see it."""
     import torch
 
     from .data.export import prepare_image
@@ -60,7 +66,10 @@ def sample_from_image(
     try:
         groups = list(resolve_order(order))
         image = prepare_image(image_CHW, size)
-        events = i2e_convert(image[None], ratio, order, dtype=torch.bool)[:, 0]
+        if sensor is None:
+            events = i2e_convert(image[None], ratio, order, dtype=torch.bool)[:, 0]
+        else:
+            events = sensor[1].convert(image[None], ratio, order, dtype=torch.bool)[:, 0]
     except ValueError as e:
         raise UserError(str(e)) from None
     order_name = order if isinstance(order, str) else str(groups)
@@ -71,16 +80,18 @@ def sample_from_image(
         pairs=list(fixed_pairs(groups)),
         groups=groups,
         title=title,
-        details=[f"ratio {ratio:g}", f"order {order_name}", f"{w}×{h}"],
+        details=[f"ratio {ratio:g}", f"order {order_name}", f"{w}×{h}"]
+        + ([f"sensor {sensor[0]}"] if sensor is not None else []),
     )
 
 
 # ----------------------------------------------------------------------------- drawing
 def _pair_glyph(ax: Any, pair: tuple[int, int]) -> None:
-    """A 3x3 grid of dots with an arrow from the pair's ``from`` to its ``to`` position."""
+    """A 3x3 grid of dots with an arrow from the pair's ``from`` to its ``to`` position, drawn
+    below the panel (not over it: it would hide the events in that corner)."""
     import numpy as np
 
-    inset = ax.inset_axes([0.77, 0.77, 0.22, 0.22])
+    inset = ax.inset_axes([0.4, -0.25, 0.2, 0.2])
     inset.set_xlim(-0.6, 2.6)
     inset.set_ylim(2.6, -0.6)
     inset.set_xticks([])
@@ -141,7 +152,9 @@ def render_png(sample: EventSample, path: Path | None = None, dpi: int = 110) ->
     panels += [(_step_title(sample, t), frames[t], {"interpolation": "nearest"}) for t in range(steps)]
     cols = 5 if len(panels) <= 10 else 6
     rows = -(-len(panels) // cols)
-    fig = Figure(figsize=(2.6 * cols, 2.9 * rows + 0.7), dpi=dpi, layout="constrained")
+    fig = Figure(
+        figsize=(2.6 * cols, 3.4 * rows + 0.9), dpi=dpi, layout="constrained"
+    )  # room for the pair glyphs
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
         ax.set_axis_off()
@@ -204,17 +217,16 @@ def render_gif(sample: EventSample, path: Path, frame_ms: int = 400) -> int:
 def _read_image(path: Path) -> Tensor:
     import numpy as np
     import torch
-    from PIL import Image, UnidentifiedImageError
 
-    from .data.export import to_pil_rgb
+    from .data.images import read_image
 
+    if path.is_dir():
+        raise UserError(
+            f"image '{path}' is a folder; give an image file (or --dataset image_folder --root ...)"
+        )
     if not path.is_file():
         raise UserError(f"image '{path}' does not exist")
-    try:
-        with Image.open(path) as img:
-            rgb_HWC = np.asarray(to_pil_rgb(img)).copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise UserError(f"cannot read image '{path}': {e}") from None
+    rgb_HWC = np.asarray(read_image(path)).copy()  # its errors name the file in one line
     return torch.from_numpy(rgb_HWC).permute(2, 0, 1)
 
 
@@ -226,13 +238,7 @@ def _dataset_sample(args: argparse.Namespace) -> EventSample:
 
     cli.register_resolvers()
     overrides = [f"dataset={args.dataset}"] + ([f"dataset.root={args.root}"] if args.root else []) + args.set
-    try:
-        cfg = cli.precheck("train", overrides)
-    except UserError as e:
-        # A viewer does not need the class count that training checks: let the data tell it.
-        if "'dataset.num_classes'" not in str(e):
-            raise
-        cfg = cli.precheck("train", [*overrides, "dataset.num_classes=null"])
+    cfg = cli.precheck("train", overrides)
     assert cfg is not None
     bundle = builders.build_data(cfg)
     dataset = bundle.val if args.split == "val" else bundle.train
@@ -247,7 +253,27 @@ def _dataset_sample(args: argparse.Namespace) -> EventSample:
         return EventSample(events, title=title, details=["recorded events"])
     ratio = args.ratio if args.ratio is not None else float(cfg.i2e.ratio)
     size = args.size if args.size is not None else int(cfg.dataset.image_size)
-    return sample_from_image(sample, ratio, args.order, title=title, size=size)
+    return sample_from_image(sample, ratio, args.order, title=title, size=size, sensor=_sensor(args.sensor))
+
+
+def _sensor(name: str | None) -> tuple[str, Any] | None:
+    """A sensor preset of configs/sensor/ (``--sensor dvs_realistic``), or None (plain I2E)."""
+    if not name or name == "none":
+        return None
+    from omegaconf import OmegaConf
+
+    from . import builders, config
+
+    choices = cli.group_options("sensor")
+    if name not in choices:
+        raise UserError(f"unknown sensor '{name}'; choose one of: {', '.join(choices)}")
+    options = config.options(
+        config.SensorOptions,
+        OmegaConf.to_container(OmegaConf.load(cli.CONFIG_DIR / "sensor" / f"{name}.yaml")),
+        "sensor",
+    )
+    model = builders.build_sensor(options, seed=0)
+    return (name, model) if model is not None else None
 
 
 def _parquet_sample(path: Path, row: int) -> EventSample:
@@ -303,23 +329,19 @@ def _events_file_sample(path: Path) -> EventSample:
     import numpy as np
     import torch
 
-    from .data.formats import unpack_events
+    from .data.formats import read_array, unpack_events
 
     if not path.is_file():
         raise UserError(f"events file '{path}' does not exist")
     try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                if "arr_0" not in loaded.files:
-                    raise UserError(f"'{path}' has no array 'arr_0' (arrays: {', '.join(loaded.files)})")
-                arr = loaded["arr_0"]
-        else:
-            arr = loaded
-        if arr.ndim == 1 and arr.dtype == np.uint8:  # a published-format record saved as .npy
+        arr = read_array(path)
+    except ValueError as e:
+        raise UserError(f"'{path}' is not a valid .npz/.npy events file ({e})") from None
+    if arr.ndim == 1 and arr.dtype == np.uint8:  # a published-format record saved as .npy
+        try:
             arr = unpack_events(path.read_bytes()).numpy()
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read events from '{path}': {e}") from None
+        except ValueError as e:
+            raise UserError(f"'{path}' is not a valid .npz/.npy events file ({e})") from None
     if arr.ndim != 4 or arr.shape[1] != 2:
         raise UserError(f"'{path}' holds an array of shape {tuple(arr.shape)}; expected events [T, 2, H, W]")
     return EventSample(torch.from_numpy(np.ascontiguousarray(arr)), title=path.name)
@@ -333,7 +355,9 @@ def load_sample(args: argparse.Namespace) -> EventSample:
         path = Path(args.image)
         ratio = args.ratio if args.ratio is not None else DEFAULT_RATIO
         size = DEFAULT_SIZE if args.size is None else args.size
-        return sample_from_image(_read_image(path), ratio, args.order, title=path.name, size=size)
+        return sample_from_image(
+            _read_image(path), ratio, args.order, title=path.name, size=size, sensor=_sensor(args.sensor)
+        )
     if args.dataset:
         return _dataset_sample(args)
     if args.parquet:
@@ -372,6 +396,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--order", default="gamma_alpha_beta", help="timestep order preset")
     conv.add_argument(
+        "--sensor",
+        default="none",
+        help="a DVS sensor model of configs/sensor/ applied to the events (none | dvs_realistic)",
+    )
+    conv.add_argument(
         "--size",
         type=int,
         help=f"resize to SIZE x SIZE, bicubic (default: the dataset's, {DEFAULT_SIZE} for an IMAGE; 0 keeps the size)",
@@ -390,15 +419,40 @@ def run(argv: list[str]) -> Path:
         raise UserError(f"--size must be >= 0, got {args.size}")
     if args.frame_ms < 1:
         raise UserError(f"--frame-ms must be >= 1, got {args.frame_ms}")
+    _check_writable(out)  # before the work, not after it
     sample = load_sample(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if kind == ".png":
-        render_png(sample, out)
-        print(f"wrote {out}", file=sys.stderr)
-    else:
-        n = render_gif(sample, out, args.frame_ms)
-        print(f"wrote {out} ({n} frames)", file=sys.stderr)
+    try:
+        if kind == ".png":
+            render_png(sample, out)
+            print(f"wrote {out}", file=sys.stderr)
+        else:
+            n = render_gif(sample, out, args.frame_ms)
+            print(f"wrote {out} ({n} frames)", file=sys.stderr)
+    except OSError as e:
+        raise UserError(f"cannot write --out '{out}' ({e.strerror or e}); choose another --out") from None
     return out
+
+
+def _check_writable(out: Path) -> None:
+    """Make ``out``'s folder; one line when it cannot be made or written to."""
+    import os
+
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a folder; give a file name ending in .png or .gif")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise UserError(
+            f"cannot write --out '{out}': '{blocker}' is a file, not a folder; choose another --out"
+        )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(
+            f"cannot write --out '{out}': its folder '{out.parent}' cannot be made ({e.strerror or e}); "
+            "choose another --out"
+        ) from None
+    if not os.access(out.parent, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"cannot write --out '{out}': permission denied; choose another --out")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -89,3 +89,15 @@ def build_test_run(run_dir: Path, *overrides: str):
     from i2e_train.builders import build_run
 
     return build_run(compose(*SMOKE, *overrides), run_dir)
+
+
+def convert_options(**values):
+    """``i2e-convert``'s typed options as configs/convert.yaml sets them, with ``values`` replaced."""
+    import dataclasses
+
+    from i2e_train import config
+
+    cfg = compose("output=unused", config="convert")
+    keys = [f.name for f in dataclasses.fields(config.ConvertOptions)]
+    options = config.options(config.ConvertOptions, {k: cfg[k] for k in keys}, "")
+    return dataclasses.replace(options, **values)

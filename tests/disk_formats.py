@@ -288,3 +288,27 @@ def write_i2e_npz(root: Path, events: torch.Tensor, labels: np.ndarray, val: int
         folder = root / split / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(folder / f"{i}.npz", ev.numpy().astype(np.bool_))
+
+
+# ----------------------------------------------------------------------------- 16-bit PNG
+def write_png16(path: Path, pixels: np.ndarray) -> None:
+    """A 16-bit PNG (grey, grey+alpha, RGB or RGBA by the channel count) written chunk by chunk from
+    the PNG specification, for the layouts PIL cannot save from an array (16-bit RGB)."""
+    import zlib
+
+    arr = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    h, w, c = arr.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
+    # Each row: filter type 0 (none), then the big-endian samples.
+    raw = b"".join(b"\x00" + arr[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, colour_type, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )

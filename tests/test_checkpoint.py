@@ -12,6 +12,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import SMOKE
 
 from i2e_train import checkpoint
 from i2e_train.errors import CheckpointError
@@ -116,6 +117,44 @@ def test_missing_truncated_and_foreign_files(tmp_path):
     torch.save({"epoch": 3, "acc": 1.0}, no_weights)
     with pytest.raises(CheckpointError, match="no 'state_dict'"):
         checkpoint.load_weights(_model(), no_weights)
+
+
+def test_a_folder_given_as_checkpoint_names_the_files_inside(tmp_path):
+    run = tmp_path / "run"
+    state = {"state_dict": _model().state_dict()}
+    last = checkpoint.save_checkpoint(state, run / "checkpoints" / "last.pt")
+    best = checkpoint.save_checkpoint(state, run / "checkpoints" / "best.pt")
+    for given in (run, run / "checkpoints"):
+        with pytest.raises(CheckpointError) as e:
+            checkpoint.load_checkpoint(given)
+        assert str(e.value) == (
+            f"checkpoint '{given}' is a folder, not a checkpoint file; give '{last}' or '{best}'"
+        )
+    (tmp_path / "paper").mkdir()
+    torch.save(state, tmp_path / "paper" / "r18.pth")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file; give '.*paper/r18.pth'$"):
+        checkpoint.load_checkpoint(tmp_path / "paper")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(
+        CheckpointError, match="is a folder, not a checkpoint file; give the checkpoint file inside it"
+    ):
+        checkpoint.load_checkpoint(tmp_path / "empty")
+
+
+@pytest.mark.slow
+def test_cli_folder_as_checkpoint_resume_or_init_from(cli, tmp_path):
+    state = {"state_dict": _model().state_dict()}
+    last = checkpoint.save_checkpoint(state, tmp_path / "run" / "checkpoints" / "last.pt")
+    for prog, args in (
+        ("evaluate", ["checkpoint=run"]),
+        ("train", ["run_dir=new", "resume=run", *SMOKE]),
+        ("train", ["run_dir=new", "init_from=run/checkpoints", *SMOKE]),
+    ):
+        res = cli(prog, *args)
+        assert res.returncode == 2 and "Traceback" not in res.output, res.output[-3000:]
+        lines = [line for line in res.stderr.splitlines() if ": error:" in line]
+        assert len(lines) == 1 and "is a folder, not a checkpoint file" in lines[0], res.stderr[-3000:]
+        assert "'run/checkpoints/last.pt'" in lines[0] and last.is_file()
 
 
 def test_kill_during_save_keeps_previous_file(tmp_path):

@@ -111,6 +111,27 @@ def test_eval_of_a_paper_format_checkpoint(cli, tmp_path):
         (["init_from=missing.pt"], ["checkpoint 'missing.pt' does not exist"]),
         (["i2e.order=zigzag"], ["unknown I2E order", "gamma_alpha_beta"]),
         (["epochs"], ["'epochs' is not a key=value setting"]),
+        # a wrong key after a dataset whose root is still ??? is blamed on itself, not on dataset.root
+        (
+            ["dataset=image_folder", "dataset.root=/data", "foo.bar=1"],
+            ["unknown config key 'foo.bar'; top-level keys are:"],
+        ),
+        (
+            ["dataset=image_folder", "dataset.rot=/data"],
+            ["unknown config key 'dataset.rot'", "'dataset.root'?"],
+        ),
+        # a value the shell split at a space, and letters Hydra's lexer does not take unquoted
+        (
+            ["dataset=image_folder", "dataset.root=/data/my", "photos"],
+            [
+                "'photos' is not a key=value setting",
+                "quote the whole setting: 'dataset.root=\"/data/my photos\"'",
+            ],
+        ),
+        (
+            ["dataset=image_folder", "dataset.root=/données/x"],
+            ["cannot parse the setting 'dataset.root=/données/x'", "e.g. 'dataset.root=\"/données/x\"'"],
+        ),
     ],
 )
 def test_train_user_errors_are_one_line(cli, args, needles):
@@ -180,3 +201,35 @@ def test_every_config_option_composes(group):
 def test_precheck_raises_user_error_for_unknown_group_option():
     with pytest.raises(UserError, match="unknown optim 'adamw'; choose one of: sgd"):
         precheck("train", ["optim=adamw"])
+
+
+def test_a_file_given_as_dataset_root(cli, tmp_path):
+    (tmp_path / "photos.txt").write_text("a list of photos, not the photos")
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b")
+    _one_line_error(
+        cli("train", "dataset=image_folder", "dataset.root=photos.txt", *SMOKE),
+        "i2e-train: error: dataset.root 'photos.txt' is a file, not a folder; point dataset.root at the folder",
+    )
+    _one_line_error(
+        cli("convert", "dataset=cifar10", "dataset.root=cifar-10-python.tar.gz", "output=o"),
+        "i2e-convert: error: dataset.root 'cifar-10-python.tar.gz' is a file, not a folder; extract the archive",
+    )
+
+
+@pytest.mark.slow
+def test_image_folder_needs_no_class_count(cli, tmp_path):
+    from disk_formats import write_image_folders
+
+    write_image_folders(tmp_path / "photos", classes=3, per_class=(4, 2))
+    args = ["dataset=image_folder", f"dataset.root={tmp_path / 'photos'}", "dataset.image_size=32", *SMOKE]
+    res = cli("train", "run_dir=run", *args)
+    assert res.returncode == 0, res.output[-3000:]
+    assert "3 classes" in (tmp_path / "run" / "train.log").read_text()
+    ckpt = checkpoint.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (
+        ckpt["state_dict"]["fc.weight"].shape == (3, 512) and ckpt["config"]["dataset"]["num_classes"] is None
+    )
+    _one_line_error(
+        cli("train", "run_dir=run2", "dataset.num_classes=5", *args),
+        "dataset.num_classes=5 but dataset 'image_folder' has 3 classes; set dataset.num_classes=3",
+    )

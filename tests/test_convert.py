@@ -6,6 +6,7 @@ events are checked against the independent NumPy reference of tests/test_i2e.py.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,13 +20,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import convert_options
 from PIL import Image
 from skimage import data as skdata
 from skimage import io as skio
 from test_i2e import ref_convert, ref_fixed_pairs
 
 from i2e_train.data import DataBundle, build_datasets
-from i2e_train.data.export import ConvertOptions, convert, prepare_image, shard_ranges
+from i2e_train.data.export import convert, prepare_image, shard_ranges
 from i2e_train.data.formats import unpack_events
 from i2e_train.errors import UserError
 
@@ -90,7 +92,7 @@ def _digest(path: Path) -> tuple[int, str]:
 
 def _convert_folder(root: Path, out: Path, **opts) -> dict:
     bundle = build_datasets("image_folder", root=str(root), image_size=SIZE)
-    options = ConvertOptions(output=str(out), num_workers=0, progress=False, **opts)
+    options = convert_options(output=str(out), num_workers=0, progress=False, **opts)
     return convert(
         bundle,
         options=options,
@@ -164,9 +166,12 @@ def test_cli_converts_photos_into_exact_published_events(cli, tmp_path, photo_ro
     assert meta["complete"] and meta["format_version"] == 1 and meta["image_size"] == SIZE
     assert meta["i2e"]["ratio"] == RATIO and meta["i2e"]["pairs"] == [list(p) for p in PAIRS]
     assert meta["splits"]["train"] == {
+        "images": 7,
         "rows": 7,
         "shards": 3,
         "event_rate": pytest.approx(meta["splits"]["train"]["event_rate"]),
+        "skipped": 0,
+        "skipped_files": [],
     }
     assert meta["source"] == {
         "dataset": "image_folder",
@@ -288,7 +293,7 @@ def test_killed_conversion_resumes(cli, tmp_path):
 
 def _convert_digits(out: Path, **opts) -> dict:
     bundle = build_datasets("digits")
-    options = ConvertOptions(output=str(out), num_workers=0, progress=False, **opts)
+    options = convert_options(output=str(out), num_workers=0, progress=False, **opts)
     return convert(
         bundle,
         options=options,
@@ -363,7 +368,7 @@ def test_settings_must_match_the_existing_output(tmp_path):
     with pytest.raises(UserError, match="converted with ratio=0.1, this run has ratio=0.2"):
         convert(
             build_datasets("digits"),
-            options=ConvertOptions(output=str(out), split="validation", progress=False),
+            options=convert_options(output=str(out), split="validation", progress=False),
             dataset_name="digits",
             dataset_root=None,
             image_size=32,
@@ -373,7 +378,7 @@ def test_settings_must_match_the_existing_output(tmp_path):
     with pytest.raises(UserError, match="shard_size=1000, this run has shard_size=7"):
         _convert_digits(out, split="validation", shard_size=7)
     with pytest.raises(UserError, match="shard_size must be >= 1"):
-        ConvertOptions(output="x", shard_size=0)
+        convert_options(output="x", shard_size=0)
     (out / "validation-00000-of-00009.parquet").write_bytes(b"")
     (out / "metadata.json").unlink()
     with pytest.raises(UserError, match="different shard layout"):
@@ -385,10 +390,241 @@ def test_event_datasets_are_refused(tmp_path):
     with pytest.raises(UserError, match="already consists of events"):
         convert(
             events,
-            options=ConvertOptions(output=str(tmp_path / "o")),
+            options=convert_options(output=str(tmp_path / "o")),
             dataset_name="cifar10dvs",
             dataset_root=None,
             image_size=128,
             ratio=0.1,
             order="gamma_alpha_beta",
         )
+
+
+# ----------------------------------------------------------------------------- faults
+def _tree_with_corrupt_images(root: Path) -> dict[str, Path]:
+    """Real photographs as JPEG/PNG, one truncated JPEG in train/cat and one in val/dog."""
+    p = _photos()
+    files = {
+        "train/cat/a.jpg": p["chelsea"][:200, :260],
+        "train/cat/bad.jpg": p["chelsea"][100:300, 50:300],
+        "train/cat/c.png": p["chelsea"][50:130, 100:230],
+        "train/dog/d.jpg": p["coffee"][:300, :300],
+        "train/dog/e.png": p["rocket"][100:160, 300:390],
+        "train/dog/f.jpg": p["astronaut"][100:300, 50:400],
+        "val/cat/g.png": p["coffee"][50:350, 100:500],
+        "val/dog/bad.jpg": p["rocket"][50:400, 100:600],
+        "val/dog/h.jpg": p["astronaut"][:200, :200],
+    }
+    for name, pixels in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels).save(path, **({"quality": 90} if name.endswith(".jpg") else {}))
+    for name in ("train/cat/bad.jpg", "val/dog/bad.jpg"):
+        (root / name).write_bytes((root / name).read_bytes()[:400])  # cut off mid-scan
+    return {name: root / name for name in files}
+
+
+@pytest.mark.slow
+def test_cli_skip_corrupt_leaves_unreadable_images_out_and_lists_them(cli, tmp_path):
+    root = tmp_path / "photos"
+    _tree_with_corrupt_images(root)
+    args = [
+        "dataset=image_folder",  # no dataset.num_classes: the class folders tell
+        f"dataset.root={root}",
+        f"dataset.image_size={SIZE}",
+        "dataset.skip_corrupt=true",
+        "output=out",
+        "shard_size=2",
+        "num_workers=1",
+        "progress=false",
+    ]
+    res = cli("convert", *args)
+    assert res.returncode == 0, res.output[-3000:]
+    assert (
+        f"leaving out unreadable train image (dataset.skip_corrupt=true): cannot read image '{root}"
+        in res.stderr
+    )
+    out = tmp_path / "out"
+    meta = json.loads((out / "metadata.json").read_text())
+    for split, folder, rows, bad_index in (("train", "train", 5, 1), ("validation", "val", 2, 1)):
+        got = _read_split(out, split)
+        paths = [r["file_path"] for r in got]
+        assert (
+            len(got) == rows
+            and len(set(paths)) == rows
+            and f"{folder}/{'cat' if split == 'train' else 'dog'}/bad.jpg" not in paths
+        )
+        for row in got:  # every row holds the events of the file it names
+            np.testing.assert_array_equal(
+                unpack_events(row["data"]).numpy(), _expected_events(root / row["file_path"])
+            )
+            assert row["label"] == ["cat", "dog"].index(Path(row["file_path"]).parent.name)
+        info = meta["splits"][split]
+        assert (info["images"], info["rows"], info["skipped"]) == (rows + 1, rows, 1)
+        (entry,) = info["skipped_files"]
+        assert entry["index"] == bad_index and entry["file_path"].endswith("/bad.jpg")
+        assert entry["shard"] == f"{split}-00000-of-{(rows + 2) // 2:05d}.parquet"
+        assert entry["reason"].startswith(f"cannot read image '{root / entry['file_path']}'")
+    assert meta["complete"] and meta["source"]["num_classes"] == 2
+    # The first train shard: a.jpg and (in place of bad.jpg) nothing; the next one starts at c.png.
+    first = pq.read_table(out / "train-00000-of-00003.parquet").to_pylist()
+    assert [r["file_path"] for r in first] == ["train/cat/a.jpg"]
+
+    # Resuming: a finished output stays as it is; a deleted shard comes back the same.
+    again = cli("convert", *args)
+    assert (
+        again.returncode == 0
+        and "nothing to do" in again.stderr
+        and "2 unreadable image(s) were left out" in again.stderr
+    )
+    shard = out / "train-00000-of-00003.parquet"
+    before = _digest(shard)[1]
+    shard.unlink()
+    res = cli("convert", *args)
+    assert res.returncode == 0, res.output[-3000:]
+    assert _digest(shard)[1] == before
+    assert json.loads((out / "metadata.json").read_text())["splits"] == meta["splits"]
+
+
+def test_npz_skip_corrupt_writes_no_file_for_an_unreadable_image(tmp_path):
+    root = tmp_path / "photos"
+    _tree_with_corrupt_images(root)
+    bundle = build_datasets("image_folder", root=str(root), image_size=SIZE, skip_corrupt=True)
+    out = tmp_path / "old"
+    options = convert_options(output=str(out), format="npz", num_workers=0, progress=False, shard_size=4)
+    meta = convert(
+        bundle,
+        options=options,
+        dataset_name="image_folder",
+        dataset_root=str(root),
+        image_size=SIZE,
+        ratio=RATIO,
+        order="gamma_alpha_beta",
+    )
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("train/*/*.npz")) == [
+        "train/0/0.npz",
+        "train/0/2.npz",
+        "train/1/3.npz",
+        "train/1/4.npz",
+        "train/1/5.npz",
+    ]
+    assert meta["splits"]["train"]["rows"] == 5 and meta["splits"]["train"]["skipped"] == 1
+    assert meta["splits"]["train"]["skipped_files"][0]["file_path"] == "train/cat/bad.jpg"
+    assert meta["splits"]["validation"]["skipped_files"][0]["file_path"] == "val/dog/bad.jpg"
+    with np.load(out / "train/0/2.npz") as npz:
+        np.testing.assert_array_equal(npz["arr_0"], _expected_events(root / "train/cat/c.png"))
+
+
+def test_a_class_folder_on_another_disk_keeps_its_place_in_file_path(tmp_path, photo_root):
+    import shutil
+
+    root = tmp_path / "photos"
+    shutil.copytree(photo_root, root)
+    (root / "train" / "space").rename(tmp_path / "disk2")
+    os.symlink(tmp_path / "disk2", root / "train" / "space")
+    _convert_folder(root, tmp_path / "out", shard_size=100)
+    paths = [r["file_path"] for r in _read_split(tmp_path / "out", "train")]
+    assert paths == ["train/cat/a.jpg", "train/cat/b.png", "train/cat/exact.png"] + [
+        f"train/space/{n}" for n in ("a.jpg", "b.png", "c.jpg", "d.png")
+    ]
+
+
+def test_16bit_png_converts_like_its_8bit_original(tmp_path):
+    from disk_formats import write_png16
+
+    root = tmp_path / "photos"
+    pixels = _photos()["astronaut"][100:300, 50:300]
+    for split in ("train", "val"):
+        (root / split / "x").mkdir(parents=True)
+        Image.fromarray(pixels).save(root / split / "x" / "eight.png")
+        write_png16(root / split / "x" / "sixteen.png", pixels.astype(np.uint16) * 257)
+    _convert_folder(root, tmp_path / "out", shard_size=10)
+    rows = {r["file_path"]: r["data"] for r in _read_split(tmp_path / "out", "train")}
+    np.testing.assert_array_equal(
+        unpack_events(rows["train/x/sixteen.png"]), unpack_events(rows["train/x/eight.png"])
+    )
+    assert unpack_events(rows["train/x/eight.png"]).float().mean() > 0.01
+
+
+_HOLD_LOCK = """
+import fcntl, os, sys, time
+path = sys.argv[1].replace("PID", str(os.getpid()))
+f = open(path, "wb")
+fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+print(path, flush=True)
+time.sleep(120)
+"""
+
+
+def _dead_pid() -> int:
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(done.stdout)
+
+
+def test_clean_up_removes_only_the_temporary_files_of_dead_writers(tmp_path, photo_root, caplog):
+    out = tmp_path / "out"
+    _convert_folder(photo_root, out, shard_size=2)
+    (out / "train-00001-of-00004.parquet").unlink()
+    dead = _dead_pid()
+    dead_files = [
+        out / f".train-00001-of-00004.parquet.tmp-{dead}",  # a converter killed while saving a shard
+        out / f".metadata.json.tmp-{dead}",  # ... or metadata.json
+    ]
+    for path in dead_files:
+        path.write_bytes(b"half written")
+    # Live writers: a converter running in another process (it holds its file's lock), this process
+    # (no lock, but its pid is alive), and a writer on another machine (a pid that means nothing
+    # here, but the lock is held).
+    child = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out / ".train-00002-of-00004.parquet.tmp-PID")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        running = Path(child.stdout.readline().strip())
+        mine = out / f".train-00003-of-00004.parquet.tmp-{os.getpid()}"
+        mine.write_bytes(b"being written")
+        remote = out / f".validation-00000-of-00002.parquet.tmp-{dead}"
+        with open(remote, "wb") as held:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX)
+            with caplog.at_level("INFO", logger="i2e_train"):
+                _convert_folder(photo_root, out, shard_size=2)
+        assert not any(p.exists() for p in dead_files)
+        assert running.exists() and mine.exists() and remote.exists()
+        assert "removed 2 unfinished temporary file(s)" in caplog.text
+        assert "is being written by another process too" in caplog.text
+        assert (out / "train-00001-of-00004.parquet").is_file()
+    finally:
+        child.kill()
+        child.wait()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="i2e_train"):
+        _convert_folder(photo_root, out, shard_size=2)
+    assert not running.exists() and not remote.exists() and mine.exists()  # this process is still alive
+    assert "removed 2 unfinished temporary file(s)" in caplog.text
+    mine.unlink()
+
+
+def test_npz_clean_up_covers_progress_marks_and_sample_files(tmp_path):
+    out = tmp_path / "old"
+    _convert_digits(out, format="npz", split="validation", shard_size=100)
+    (out / ".progress" / "validation-00003-of-00004.json").unlink()
+    dead = _dead_pid()
+    stale = [
+        out / ".progress" / f".validation-00003-of-00004.json.tmp-{dead}",
+        next((out / "val").iterdir()) / f".350.npz.tmp-{dead}",
+    ]
+    for path in stale:
+        path.write_bytes(b"half written")
+    _convert_digits(out, format="npz", split="validation", shard_size=100)
+    assert (
+        not any(p.exists() for p in stale)
+        and (out / ".progress" / "validation-00003-of-00004.json").is_file()
+    )
+
+
+def test_cli_blames_the_wrong_key_not_the_dataset_root(cli, tmp_path):
+    res = cli("convert", "dataset=image_folder", f"dataset.root={tmp_path}", "foo.bar=1", "output=o")
+    _one_line_error(res, "unknown config key 'foo.bar'")
+    assert "dataset.root" not in res.stderr.split("top-level keys")[0]

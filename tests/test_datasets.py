@@ -380,11 +380,13 @@ def test_bicubic_option_and_unknown_values(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["parquet", "npz"])
 def test_i2e_convert_output_trains_as_a_preconverted_dataset(tmp_path, fmt):
-    from i2e_train.data.export import ConvertOptions, convert
+    from conftest import convert_options
+
+    from i2e_train.data.export import convert
     from i2e_train.i2e import i2e_convert
 
     digits = build_datasets("digits")
-    options = ConvertOptions(output=str(tmp_path), format=fmt, num_workers=0, progress=False, shard_size=500)
+    options = convert_options(output=str(tmp_path), format=fmt, num_workers=0, progress=False, shard_size=500)
     convert(
         digits,
         options=options,

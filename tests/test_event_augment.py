@@ -209,7 +209,7 @@ def test_presets_match_the_constructor() -> None:
     assert "i2e_train.configs.event_augment" in (ROOT / "pyproject.toml").read_text()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_matches_cpu() -> None:
     events = count_frames(batch=16)
     aug = EventAugment(**ALL, translate_mode="zero", drop_rate=0.3)

@@ -748,7 +748,7 @@ def test_cuda_matches_reference() -> None:
     assert_events_equal(events, ref_convert(x8, 0.07, pairs.numpy()))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_uint8_is_todtype_and_threshold_scale() -> None:
     # torchvision's ToDtype on the GPU computes the same 256 values as the shared (CPU-made) table.
     levels = torch.arange(256, dtype=torch.uint8, device="cuda")

@@ -111,7 +111,8 @@ def test_data_models_and_converter_never_import_the_training_stack():
 
 def test_every_config_group_ships_in_the_wheel_package_list():
     packages = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    groups = {p.name for p in (ROOT / "configs").iterdir() if p.is_dir() and any(p.glob("*.yaml"))}
+    folders = {p.parent for p in (ROOT / "configs").rglob("*.yaml")} - {ROOT / "configs"}
+    groups = {".".join(f.relative_to(ROOT / "configs").parts) for f in folders}
     assert {f"i2e_train.configs.{g}" for g in groups} <= packages
     assert not (PACKAGE / "configs").exists()  # one copy: the top-level folder
 

@@ -455,7 +455,7 @@ def test_presets_match_the_constructor() -> None:
 # --------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
 def test_cuda_sensor() -> None:
     x = photos(128)
     # Fixed patterns are drawn on the CPU: the same sensor on every device, so the threshold part is

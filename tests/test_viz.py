@@ -5,12 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import convert_options
 from PIL import Image
 from skimage import data as skdata
 from test_i2e import ref_convert, ref_fixed_pairs
 
 from i2e_train.data import build_datasets
-from i2e_train.data.export import ConvertOptions, convert
+from i2e_train.data.export import convert
+from i2e_train.errors import UserError
 from i2e_train.viz import OFF_RGB, ON_RGB, event_frames_rgb, gif_frames, render_png, sample_from_image
 
 
@@ -85,7 +87,7 @@ def test_gif_frames_of_a_dataset_sample_and_of_stored_events(tmp_path):
     out = tmp_path / "conv"
     convert(
         build_datasets("digits"),
-        options=ConvertOptions(output=str(out), split="validation", num_workers=0, progress=False),
+        options=convert_options(output=str(out), split="validation", num_workers=0, progress=False),
         dataset_name="digits",
         dataset_root=None,
         image_size=32,
@@ -145,3 +147,82 @@ def test_user_errors_are_one_line(cli, args, needle):
     assert "Traceback" not in res.output
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("i2e-viz: error:") and needle in lines[0], res.stderr
+
+
+def _one_line(res, *needles: str) -> str:
+    assert res.returncode == 2, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("i2e-viz: error:"), res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def test_broken_events_files_and_unwritable_outputs_get_one_line(cli, tmp_path):
+    events = np.zeros((8, 2, 16, 16), dtype=bool)
+    events[:, 0, 4:8, 4:8] = True
+    np.savez_compressed(tmp_path / "whole.npz", events)
+    data = (tmp_path / "whole.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(data[: len(data) // 2])
+    _one_line(
+        cli("viz", "--events", "cut.npz", "--out", "x.png"),
+        "'cut.npz' is not a valid .npz/.npy events file (a truncated or damaged .npz archive",
+    )
+    rng = np.random.default_rng(0)
+    for name in ("noise.npy", "noise.npz"):
+        (tmp_path / name).write_bytes(rng.integers(0, 256, 512, dtype=np.uint8).tobytes())
+        line = _one_line(
+            cli("viz", "--events", name, "--out", "x.png"),
+            f"'{name}' is not a valid .npz/.npy events file (it holds neither .npy nor .npz data)",
+        )
+        assert "pickle" not in line
+    (tmp_path / "a_file").write_text("not a folder")
+    _one_line(
+        cli("viz", "--events", "whole.npz", "--out", "a_file/x.png"),
+        "cannot write --out 'a_file/x.png': 'a_file' is a file, not a folder",
+    )
+    (tmp_path / "folder.png").mkdir()
+    _one_line(cli("viz", "--events", "whole.npz", "--out", "folder.png"), "--out 'folder.png' is a folder")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_16bit_and_32bit_images(cli, tmp_path):
+    import argparse
+
+    from disk_formats import write_png16
+
+    from i2e_train.viz import load_sample
+
+    pixels = skdata.astronaut()[::4, ::4].copy()
+    write_png16(tmp_path / "deep.png", pixels.astype(np.uint16) * 257)
+    args = argparse.Namespace(
+        image=str(tmp_path / "deep.png"),
+        dataset=None,
+        parquet=None,
+        events=None,
+        ratio=None,
+        order="gamma_alpha_beta",
+        size=0,
+    )
+    sample = load_sample(args)
+    assert torch.equal(sample.image_CHW, torch.from_numpy(pixels).permute(2, 0, 1))
+    Image.fromarray(pixels[..., 0].astype(np.int32) * 1000).save(tmp_path / "counts.tif")
+    _one_line(
+        cli("viz", "counts.tif", "--out", "c.png"),
+        "cannot read image 'counts.tif': 32-bit integer pixels (PIL mode I) have no defined brightness range",
+    )
+
+
+def test_a_sensor_preset_shows_its_effect_on_the_same_photo():
+    from i2e_train.viz import _sensor
+
+    image = torch.from_numpy(skdata.astronaut()).permute(2, 0, 1)
+    clean = sample_from_image(image, 0.12, "gamma_alpha_beta", size=64)
+    noisy = sample_from_image(image, 0.12, "gamma_alpha_beta", size=64, sensor=_sensor("dvs_realistic"))
+    assert "sensor dvs_realistic" in noisy.details and not any("sensor" in d for d in clean.details)
+    assert noisy.events_TCHW.shape == clean.events_TCHW.shape
+    assert not torch.equal(noisy.events_TCHW, clean.events_TCHW)  # mismatch, noise and hot pixels
+    assert _sensor("none") is None
+    with pytest.raises(UserError, match="unknown sensor 'noisy'; choose one of: dvs_realistic, none"):
+        _sensor("noisy")

@@ -10,6 +10,7 @@ the configured size after them — or, for datasets that already are events (``e
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -19,7 +20,8 @@ __all__ = ["DATASETS", "DataBundle", "build_datasets", "register"]
 
 
 def build_datasets(name: str, **kwargs: Any) -> DataBundle:
-    """Build dataset ``name`` from its config keys; unknown names/keys are UserErrors."""
+    """Build dataset ``name`` from its config keys; unknown names/keys are UserErrors, a file given
+    as ``root`` a ValueError."""
     _load_builtin()
     if name not in DATASETS:
         raise UserError(f"unknown dataset '{name}'; choose one of: {', '.join(sorted(DATASETS))}")
@@ -31,6 +33,21 @@ def build_datasets(name: str, **kwargs: Any) -> DataBundle:
         raise UserError(
             f"dataset '{name}' has no setting '{unknown[0]}'; its settings are: "
             f"{', '.join(p for p in params)}"
+        )
+    size = kwargs.get("image_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise UserError(f"dataset.image_size must be a number of pixels >= 1, got {size!r}")
+    root = kwargs.get("root")
+    if root and Path(str(root)).expanduser().is_file():
+        # Caught here for every dataset: each builder would only say that its folders do not exist.
+        archive = str(root).lower().endswith((".zip", ".tar", ".tar.gz", ".tgz", ".gz"))
+        raise ValueError(
+            f"dataset.root '{root}' is a file, not a folder; "
+            + (
+                "extract the archive and point dataset.root at the folder it gives"
+                if archive
+                else f"point dataset.root at the folder that holds the {name} data"
+            )
         )
     return builder(**kwargs)
 

@@ -5,12 +5,16 @@ naming the file. :class:`CorruptGuard` wraps such a dataset: with ``skip=False``
 the run; with ``skip=True`` the sample is *replaced* by the next readable sample of the dataset
 (index + 1, + 2, ...; deterministic, so resume and DDP stay exact and every batch keeps its size),
 a warning names the file, and a counter shared with the DataLoader workers lets
-:class:`i2e_train.callbacks.SkippedSamplesReport` add ``skipped_samples`` to the epoch's metrics row.
+:class:`i2e_train.callbacks.SkippedSamplesReport` add ``skipped_samples`` to the epoch's metrics row. Reads made
+outside the epoch's own pass over the data (a preview of the first samples, a second look at some
+validation batches) go through :func:`uncounted`, so that each epoch counts each skip once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -53,6 +57,9 @@ class CorruptGuard(Dataset):
         # Shared memory: DataLoader workers (fork or spawn) increment the same counter.
         self._count = multiprocessing.Value("q", 0) if skip else None
         self._reported = 0
+        # A plain attribute, so DataLoader workers started inside uncounted() inherit it (fork) or
+        # receive it with the pickled dataset (spawn).
+        self._counting = True
 
     def __len__(self) -> int:
         return len(self.base)
@@ -76,7 +83,7 @@ class CorruptGuard(Dataset):
                     ) from None
                 log.warning("skipping unreadable %s sample (dataset.skip_corrupt=true): %s", self.split, e)
                 continue
-            if attempt and self._count is not None:
+            if attempt and self._count is not None and self._counting:
                 # One skipped sample per requested index, however many neighbours were tried.
                 with self._count.get_lock():
                     self._count.value += 1
@@ -85,6 +92,16 @@ class CorruptGuard(Dataset):
             f"{min(MAX_CONSECUTIVE, n)} consecutive {self.split} samples from index {index} are unreadable; "
             "the dataset folder looks broken (check dataset.root)"
         )
+
+    @contextlib.contextmanager
+    def uncounted(self) -> Iterator[None]:
+        """Reads inside the block (in this process, or in DataLoader workers started inside it) skip
+        unreadable samples as usual but do not add to ``skipped_samples``."""
+        before, self._counting = self._counting, False
+        try:
+            yield
+        finally:
+            self._counting = before
 
     @property
     def skipped_total(self) -> int:
@@ -95,3 +112,21 @@ class CorruptGuard(Dataset):
         total = self.skipped_total
         new, self._reported = total - self._reported, total
         return new
+
+
+@contextlib.contextmanager
+def uncounted(dataset: Any) -> Iterator[None]:
+    """:meth:`CorruptGuard.uncounted` for the guard that ``dataset`` is or wraps (through the
+    ``base``/``dataset`` attributes of SeededDataset, Subset, ...); a no-op when there is none."""
+    node, guards, seen = dataset, [], set()
+    while node is not None and id(node) not in seen:
+        seen.add(id(node))
+        if isinstance(node, CorruptGuard):
+            guards.append(node)
+        # vars(), not getattr(): a guard hands unknown attributes on to the dataset it wraps.
+        attrs = getattr(node, "__dict__", {})
+        node = attrs.get("base", attrs.get("dataset"))
+    with contextlib.ExitStack() as stack:
+        for guard in guards:
+            stack.enter_context(guard.uncounted())
+        yield

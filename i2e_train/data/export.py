@@ -13,10 +13,24 @@ Output (``format=parquet``, docs/formats.md): ``output/train-XXXXX-of-YYYYY.parq
 the authors' older layout ``output/{train,val}/<label>/<index>.npz`` (one bool array
 ``[T, 2, H, W]``, key ``arr_0``).
 
-Resuming: shard ``k`` of a split always holds rows ``[k * shard_size, (k + 1) * shard_size)``, so
-the layout is a pure function of the dataset and ``shard_size``. Every file is written to a
-temporary name and renamed into place when complete; a re-run converts only the missing shards
-and leaves finished ones untouched.
+Resuming: shard ``k`` of a split always holds rows ``[k * shard_size, (k + 1) * shard_size)`` of
+the dataset, so the layout is a pure function of the dataset and ``shard_size``. Every file is
+written to a temporary name and renamed into place when complete; a re-run converts only the
+missing shards and leaves finished ones untouched.
+
+Unreadable images: by default the first one stops the conversion with one line naming it. With
+``dataset.skip_corrupt=true`` it is left out — its shard has one row fewer (no other image takes
+its place, so no row ever names one file and holds another's events) — and each shard records what
+it left out, which ``metadata.json`` lists per split (``skipped``, ``skipped_files``: dataset
+index, ``file_path``, reason, shard). Which images a shard leaves out is part of that shard: a
+resumed run does not revisit finished shards, so an image repaired after its shard was written
+stays out until that shard's file (its ``.progress`` mark for npz) is deleted and the command run
+again; a shard written later reads the files as they are then.
+
+Temporary files: ``.<name>.tmp-<pid>``, locked (``flock``) while being written. A run removes
+those whose writer is gone — the lock is free and no process has that pid — and leaves the others,
+e.g. of a conversion still running into the same folder. A file whose pid has meanwhile been
+reused by an unrelated process stays until a later run finds that pid free.
 """
 
 from __future__ import annotations
@@ -25,7 +39,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,56 +49,26 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from ..config import SPLIT_DIRS, ConvertOptions, resolve_workers
+from ..distributed import resolve_device
 from ..errors import UserError
+from ..files import TMP_MARK, atomic_write, remove_stale
+from .corrupt import CorruptGuard, UnreadableSampleError
+from .images import to_rgb8
+from .sampler import mix_seed
 
 FORMAT_VERSION = 1
 METADATA = "metadata.json"
-# Published split name -> folder name of the older npz layout.
-SPLIT_DIRS = {"train": "train", "validation": "val"}
 _STATS_KEY = b"i2e_convert"
-_TMP_MARK = ".tmp-"
-
-
-@dataclass
-class ConvertOptions:
-    """Top-level keys of configs/convert.yaml (see there for their meaning)."""
-
-    output: str
-    format: str = "parquet"
-    split: str = "all"
-    shard_size: int = 1000
-    batch_size: int = 64
-    device: str = "auto"
-    num_workers: int = 4
-    max_shards: int | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.format not in ("parquet", "npz"):
-            raise UserError(f"format must be parquet or npz, got '{self.format}'")
-        if self.split not in ("all", *SPLIT_DIRS):
-            raise UserError(f"split must be all, train or validation, got '{self.split}'")
-        for key in ("shard_size", "batch_size"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if self.num_workers < 0:
-            raise UserError(f"num_workers must be >= 0, got {self.num_workers}")
-        if self.max_shards is not None and self.max_shards < 1:
-            raise UserError(f"max_shards must be null or >= 1, got {self.max_shards}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UserError(f"device must be auto, cpu or cuda, got '{self.device}'")
-
-    @property
-    def splits(self) -> list[str]:
-        return list(SPLIT_DIRS) if self.split == "all" else [self.split]
 
 
 # ----------------------------------------------------------------------------- preprocessing
 def to_pil_rgb(sample: Any) -> Image.Image:
     """A dataset sample (PIL image, uint8 tensor ``[C, H, W]``/``[H, W]`` or uint8 array ``[H, W(, C)]``)
-    as an RGB PIL image; grey is replicated to the three channels."""
+    as an RGB PIL image; grey is replicated to the three channels, other PIL modes (16-bit grey,
+    transparency, ...) are converted by :func:`~.images.to_rgb8`."""
     if isinstance(sample, Image.Image):
-        return sample if sample.mode == "RGB" else sample.convert("RGB")
+        return sample if sample.mode == "RGB" else to_rgb8(sample)
     if isinstance(sample, Tensor):
         if sample.dtype != torch.uint8:
             raise ValueError(f"expected a uint8 image tensor, got dtype {sample.dtype}")
@@ -119,6 +103,9 @@ class SourceIds:
     def __init__(self, dataset: Any, name: str, split: str, root: str | None) -> None:
         self.prefix = f"{name}/{split}"
         self.root = Path(root).expanduser().resolve() if root else None
+        # Unresolved too: a class folder may be a link to another disk, and its files still belong
+        # under root/train/<class>/.
+        self.plain_root = Path(os.path.abspath(Path(root).expanduser())) if root else None
         self.files: list[str] | None = None
         base, indices = dataset, None
         while isinstance(base, torch.utils.data.Subset):
@@ -138,30 +125,40 @@ class SourceIds:
         if self.files is None:
             return f"{self.prefix}/{index:08d}"
         path = Path(self.files[index])
-        if self.root is not None:
-            with contextlib.suppress(ValueError):
-                return path.resolve().relative_to(self.root).as_posix()
+        if self.root is not None and self.plain_root is not None:
+            for full, base in ((Path(os.path.abspath(path)), self.plain_root), (path.resolve(), self.root)):
+                with contextlib.suppress(ValueError):
+                    return full.relative_to(base).as_posix()
         return path.as_posix()
 
 
 class _Prepared(torch.utils.data.Dataset):
-    """Raw samples -> (uint8 [3, S, S], label, index, error); runs in DataLoader workers. A sample that
-    cannot be read comes back as an error message, so the main process reports it in one line."""
+    """Raw samples -> (uint8 [3, S, S], label, index, error, skipped); runs in DataLoader workers. A
+    sample that cannot be read comes back as an error message, so the main process reports it in
+    one line, or (``skip``) as the reason it is left out."""
 
-    def __init__(self, base: Any, image_size: int, source: SourceIds) -> None:
-        self.base, self.image_size, self.source = base, image_size, source
+    def __init__(self, base: Any, image_size: int, source: SourceIds, skip: bool | None) -> None:
+        # skip: None when the dataset has no dataset.skip_corrupt option.
+        self.base, self.image_size, self.source, self.skip = base, image_size, source, skip
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[Tensor, int, int, str]:
+    def __getitem__(self, index: int) -> tuple[Tensor, int, int, str, str]:
+        blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
+        where = f"{self.source.prefix} sample {index} ('{self.source(index)}')"
         try:
             sample, label = self.base[index]
-            return prepare_image(sample, self.image_size), int(label), index, ""
+            return prepare_image(sample, self.image_size), int(label), index, "", ""
+        except UnreadableSampleError as e:
+            if self.skip:
+                return blank, -1, index, "", str(e)
+            hint = "; replace or delete the file" + (
+                ", or set dataset.skip_corrupt=true to leave it out" if self.skip is not None else ""
+            )
+            return blank, -1, index, f"cannot convert {where}: {e}{hint}", ""
         except Exception as e:  # noqa: BLE001 - reported with the sample it came from
-            where = f"{self.source.prefix} sample {index} ('{self.source(index)}')"
-            message = f"cannot convert {where}: {type(e).__name__}: {e}"
-            return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8), -1, index, message
+            return blank, -1, index, f"cannot convert {where}: {type(e).__name__}: {e}", ""
 
 
 # ----------------------------------------------------------------------------- output layouts
@@ -170,6 +167,7 @@ class ShardStats:
     rows: int
     ones: int  # events (ones) in the shard
     elements: int  # entries of the event tensors in the shard
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # images left out (skip_corrupt)
 
 
 @dataclass
@@ -183,6 +181,7 @@ class ShardBuffer:
     data: list[bytes] = field(default_factory=list)
     ones: int = 0
     elements: int = 0
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
     def count(self, events: Tensor) -> None:
         self.ones += int(events.sum())
@@ -192,20 +191,6 @@ class ShardBuffer:
 def shard_ranges(num_rows: int, shard_size: int) -> list[range]:
     """Row range of every shard: a pure function of the dataset size and the shard size."""
     return [range(s, min(s + shard_size, num_rows)) for s in range(0, num_rows, shard_size)]
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 class ParquetShards:
@@ -227,11 +212,8 @@ class ParquetShards:
                     f"{self.split} shards); convert into a new output folder or delete the old shards"
                 )
 
-    def clean_temporary(self) -> int:
-        stale = list(self.out.glob(f".{self.split}-*.parquet{_TMP_MARK}*"))
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+    def temporary(self) -> list[Path]:
+        return sorted(self.out.glob(f".{self.split}-*.parquet{TMP_MARK}*"))
 
     def done(self, k: int) -> bool:
         import pyarrow.parquet as pq
@@ -240,13 +222,18 @@ class ParquetShards:
         if not path.exists():
             return False
         try:
-            rows = pq.read_metadata(path).num_rows
+            meta = pq.read_metadata(path)
+            rows = meta.num_rows
+            info = json.loads((meta.metadata or {}).get(_STATS_KEY, b"{}"))
         except Exception as e:  # noqa: BLE001 - any unreadable file is reported the same way
             raise UserError(f"'{path}' is not a readable parquet file ({e}); delete it and re-run") from None
-        if rows != len(self.ranges[k]):
+        left_out = len(info.get("skipped", []))
+        if rows + left_out != len(self.ranges[k]):
             raise UserError(
-                f"'{path}' holds {rows} rows but shard {k} has {len(self.ranges[k])}; "
-                "it was written by another conversion: use a new output folder"
+                f"'{path}' holds {rows} rows"
+                + (f" and {left_out} left out" if left_out else "")
+                + f" but shard {k} has {len(self.ranges[k])}; it was written by another conversion: "
+                "use a new output folder"
             )
         return True
 
@@ -272,10 +259,15 @@ class ParquetShards:
                 "data": pa.array(buf.data, pa.binary()),
             }
         )
-        meta = {"first_row": buf.rows[0], "ones": buf.ones, "elements": buf.elements}
+        meta = {
+            "first_row": self.ranges[buf.index].start,
+            "ones": buf.ones,
+            "elements": buf.elements,
+            "skipped": buf.skipped,
+        }
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), _STATS_KEY: json.dumps(meta)})
         # Small row groups keep random access to one row cheap (viewers, map-style readers).
-        _atomic_write(self.path(buf.index), lambda f: pq.write_table(table, f, row_group_size=64))
+        atomic_write(self.path(buf.index), lambda f: pq.write_table(table, f, row_group_size=64))
 
     def stats(self, k: int) -> ShardStats:
         import pyarrow.parquet as pq
@@ -285,7 +277,10 @@ class ParquetShards:
         if _STATS_KEY not in meta:
             raise UserError(f"'{path}' was not written by i2e-convert; use a new output folder")
         info = json.loads(meta[_STATS_KEY])
-        return ShardStats(len(self.ranges[k]), int(info["ones"]), int(info["elements"]))
+        skipped = list(info.get("skipped", []))
+        return ShardStats(
+            len(self.ranges[k]) - len(skipped), int(info["ones"]), int(info["elements"]), skipped
+        )
 
 
 class NpzShards:
@@ -308,11 +303,10 @@ class NpzShards:
                     "convert into a new output folder"
                 )
 
-    def clean_temporary(self) -> int:
-        stale = list((self.out / SPLIT_DIRS[self.split]).glob(f"*/.*{_TMP_MARK}*"))
-        for p in stale:
-            p.unlink(missing_ok=True)
-        return len(stale)
+    def temporary(self) -> list[Path]:
+        files = (self.out / SPLIT_DIRS[self.split]).glob(f"*/.*{TMP_MARK}*")
+        marks = self.marks.glob(f".{self.split}-*.json{TMP_MARK}*")
+        return sorted([*files, *marks])
 
     def done(self, k: int) -> bool:
         return self.path(k).exists()
@@ -326,28 +320,46 @@ class NpzShards:
             folder = split_dir / str(label)
             folder.mkdir(parents=True, exist_ok=True)
             arr = events.numpy()
-            _atomic_write(folder / f"{index}.npz", lambda f, a=arr: np.savez_compressed(f, a))
+            atomic_write(folder / f"{index}.npz", lambda f, a=arr: np.savez_compressed(f, a))
         buf.rows += rows
         buf.count(events_BTCHW)
 
     def finish(self, buf: ShardBuffer) -> None:
         self.marks.mkdir(parents=True, exist_ok=True)
-        record = {"first_row": buf.rows[0], "rows": len(buf.rows), "ones": buf.ones, "elements": buf.elements}
-        _atomic_write(self.path(buf.index), lambda f: f.write(json.dumps(record).encode()))
+        record = {
+            "first_row": self.ranges[buf.index].start,
+            "rows": len(buf.rows),
+            "ones": buf.ones,
+            "elements": buf.elements,
+            "skipped": buf.skipped,
+        }
+        atomic_write(self.path(buf.index), lambda f: f.write(json.dumps(record).encode()))
 
     def stats(self, k: int) -> ShardStats:
         info = json.loads(self.path(k).read_text())
-        return ShardStats(int(info["rows"]), int(info["ones"]), int(info["elements"]))
+        return ShardStats(
+            int(info["rows"]), int(info["ones"]), int(info["elements"]), list(info.get("skipped", []))
+        )
 
 
 # ----------------------------------------------------------------------------- conversion
 @dataclass
 class SplitPlan:
     name: str
-    dataset: Any
+    dataset: Any  # the raw dataset, without its CorruptGuard
+    skip: bool | None  # dataset.skip_corrupt (None: the dataset has no such option)
     ranges: list[range]
     shards: ParquetShards | NpzShards
     pending: list[int]
+
+
+def _unguarded(dataset: Any) -> tuple[Any, bool | None]:
+    """The dataset under its CorruptGuard and the guard's skip setting. The converter reads the raw
+    samples: the guard would replace an unreadable image by its neighbour, and the row would then
+    name one file and hold another's events."""
+    if isinstance(dataset, CorruptGuard):
+        return dataset.base, dataset.skip
+    return dataset, None
 
 
 def _batches(ranges: Sequence[range], shard_ids: Sequence[int], batch_size: int) -> Iterator[list[int]]:
@@ -370,12 +382,17 @@ def convert_split(
     source: SourceIds,
     progress: Any,
     shard_ids: Sequence[int],
+    sensor: Any = None,
+    seed: int = 0,
 ) -> list[int]:
-    """Convert the given pending shards of one split; returns the shards written."""
+    """Convert the given pending shards of one split; returns the shards written. With a ``sensor``
+    (:class:`i2e_train.sensor.SensorModel`) its noise is seeded from ``(seed, split, first row)``
+    of each batch: a shard is reproduced by the same command (the same batch_size)."""
     from ..i2e import i2e_convert
+    from ..monitor import log
 
     loader = torch.utils.data.DataLoader(
-        _Prepared(plan.dataset, image_size, source),
+        _Prepared(plan.dataset, image_size, source, plan.skip),
         batch_sampler=list(_batches(plan.ranges, shard_ids, batch_size)),
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -384,31 +401,47 @@ def convert_split(
     written: list[int] = []
     queue = iter(shard_ids)
     buf = ShardBuffer(next(queue, -1))
-    for images_BCHW, labels_B, index_B, errors in loader:
+    for images_BCHW, labels_B, index_B, errors, skipped in loader:
         if failed := next((e for e in errors if e), None):
             raise UserError(failed)
-        images_BCHW = images_BCHW.to(device, non_blocking=True)
-        # Fixed pairs (evaluation mode): [T, B, 2, H, W] -> per-sample [B, T, 2, H, W] on the CPU.
-        events_BTCHW = i2e_convert(images_BCHW, ratio, order, dtype=torch.bool).transpose(0, 1).cpu()
-        rows = index_B.tolist()
-        plan.shards.add(buf, rows, [source(i) for i in rows], labels_B.tolist(), events_BTCHW)
-        progress.update(len(rows))
+        keep = [b for b, reason in enumerate(skipped) if not reason]
+        for b, reason in enumerate(skipped):
+            if reason:
+                index = int(index_B[b])
+                log.warning(
+                    "leaving out unreadable %s image (dataset.skip_corrupt=true): %s", plan.name, reason
+                )
+                buf.skipped.append(
+                    {
+                        "index": index,
+                        "file_path": source(index),
+                        "reason": reason,
+                        "shard": plan.shards.path(buf.index).relative_to(plan.shards.out).as_posix(),
+                    }
+                )
+        if keep:
+            images_BCHW = images_BCHW[keep].to(device, non_blocking=True)
+            # Fixed pairs (evaluation mode): [T, B, 2, H, W] -> per-sample [B, T, 2, H, W] on the CPU.
+            if sensor is None:
+                events_TBCHW = i2e_convert(images_BCHW, ratio, order, dtype=torch.bool)
+            else:
+                sensor.manual_seed(mix_seed(seed, 1 if plan.name == "train" else 2, int(index_B[keep[0]])))
+                events_TBCHW = sensor.convert(images_BCHW, ratio, order, dtype=torch.bool)
+            events_BTCHW = events_TBCHW.transpose(0, 1).cpu()
+            rows = index_B[keep].tolist()
+            plan.shards.add(buf, rows, [source(i) for i in rows], labels_B[keep].tolist(), events_BTCHW)
+        progress.update(len(index_B))
         expected = plan.ranges[buf.index]
-        if len(buf.rows) == len(expected):
-            if buf.rows != list(expected):  # the batch sampler guarantees this; never write a wrong shard
+        if len(buf.rows) + len(buf.skipped) == len(expected):
+            # The batch sampler guarantees this; never write a wrong shard.
+            if sorted(buf.rows + [s["index"] for s in buf.skipped]) != list(expected) or buf.rows != sorted(
+                buf.rows
+            ):
                 raise RuntimeError(f"{plan.name} shard {buf.index}: rows arrived out of order")
             plan.shards.finish(buf)
             written.append(buf.index)
             buf = ShardBuffer(next(queue, -1))
     return written
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device={name} but no CUDA GPU is available; use device=cpu or device=auto")
-    return torch.device(name)
 
 
 def _order_info(order: Any) -> dict[str, Any]:
@@ -426,7 +459,7 @@ def _order_info(order: Any) -> dict[str, Any]:
 
 
 # Metadata keys that must match between runs writing into the same folder.
-_SAME = ("format", "format_version", "dataset", "ratio", "groups", "image_size", "shard_size")
+_SAME = ("format", "format_version", "dataset", "ratio", "groups", "image_size", "shard_size", "sensor")
 
 
 def _check_compatible(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -440,15 +473,17 @@ def _check_compatible(path: Path, old: dict[str, Any], new: dict[str, Any]) -> N
             )
     for split, info in new["splits"].items():
         before = old.get("splits", {}).get(split)
-        if before and before.get("rows") != info["rows"]:
+        # "images" since unreadable images can be left out; before that, rows were the images.
+        images = before and before.get("images", before.get("rows"))
+        if before and images != info["images"]:
             raise UserError(
-                f"'{path.parent}' holds a {split} split of {before.get('rows')} rows, the dataset now "
-                f"has {info['rows']}; convert into a new output folder"
+                f"'{path.parent}' holds a {split} split of {images} images, the dataset now "
+                f"has {info['images']}; convert into a new output folder"
             )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
+    atomic_write(path, lambda f: f.write((json.dumps(data, indent=2) + "\n").encode()))
 
 
 def convert(
@@ -460,8 +495,11 @@ def convert(
     image_size: int,
     ratio: float,
     order: str | Sequence[int],
+    sensor: Any = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
-    """Convert the bundle's splits into ``options.output``; returns the metadata written."""
+    """Convert the bundle's splits into ``options.output``; returns the metadata written. A
+    ``sensor`` model (``sensor=dvs_realistic``) is applied to the events and recorded."""
     from tqdm import tqdm
 
     from ..i2e import NUM_STEPS
@@ -473,15 +511,18 @@ def convert(
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}' exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    device = _resolve_device(options.device)
+    try:
+        device = resolve_device(options.device, key="device")
+    except ValueError as e:
+        raise UserError(str(e)) from None
     layout = ParquetShards if options.format == "parquet" else NpzShards
 
     plans: list[SplitPlan] = []
     for split in options.splits:
-        dataset = bundle.train if split == "train" else bundle.val
+        dataset, skip = _unguarded(bundle.train if split == "train" else bundle.val)
         ranges = shard_ranges(len(dataset), options.shard_size)
         shards = layout(out, split, ranges)
-        plans.append(SplitPlan(split, dataset, ranges, shards, []))
+        plans.append(SplitPlan(split, dataset, skip, ranges, shards, []))
 
     meta_path = out / METADATA
     meta: dict[str, Any] = {
@@ -502,6 +543,7 @@ def convert(
             "timesteps": NUM_STEPS,
             "channels": ["ON", "OFF"],
         },
+        "sensor": None if sensor is None else {**sensor.settings(), "seed": seed},
         "image_size": image_size,
         "preprocessing": (
             f"RGB, resized to {image_size}x{image_size} with PIL bicubic interpolation unless already "
@@ -509,7 +551,10 @@ def convert(
         ),
         "events": f"bool [T, C, H, W] = [{NUM_STEPS}, 2, {image_size}, {image_size}] per row",
         "shard_size": options.shard_size,
-        "splits": {p.name: {"rows": len(p.dataset), "shards": len(p.ranges)} for p in plans},
+        # rows: those written; until the split is complete, its images (rows less those left out).
+        "splits": {
+            p.name: {"images": len(p.dataset), "rows": len(p.dataset), "shards": len(p.ranges)} for p in plans
+        },
     }
     if meta_path.exists():
         try:
@@ -527,24 +572,35 @@ def convert(
     else:
         was_complete = False
 
+    stale, live = remove_stale(sorted(out.glob(f".{METADATA}{TMP_MARK}*")))
     for p in plans:
         p.shards.check_foreign()
-        if stale := p.shards.clean_temporary():
-            log.info(
-                "removed %d unfinished temporary file(s) of %s left by an interrupted run", stale, p.name
-            )
+        removed, running = remove_stale(p.shards.temporary())
+        stale, live = stale + removed, live + running
         p.pending = [k for k in range(len(p.ranges)) if not p.shards.done(k)]
+    if stale:
+        log.info("removed %d unfinished temporary file(s) left by an interrupted run", stale)
+    if live:
+        log.warning(
+            "'%s' is being written by another process too (its temporary file '%s' is in use); "
+            "running two conversions into one folder repeats work",
+            out,
+            live[0].name,
+        )
 
     todo = [(p, k) for p in plans for k in p.pending]
     total_shards = sum(len(p.ranges) for p in plans)
     if not todo and was_complete:
+        finished = json.loads(meta_path.read_text())
+        left_out = sum(int(finished["splits"][p.name].get("skipped", 0)) for p in plans)
         log.info(
-            "nothing to do: '%s' already holds all %d shards (%s)",
+            "nothing to do: '%s' already holds all %d shards (%s)%s",
             out,
             total_shards,
-            ", ".join(f"{p.name} {len(p.dataset)} rows" for p in plans),
+            ", ".join(f"{p.name} {finished['splits'][p.name]['rows']} rows" for p in plans),
+            f"; {left_out} unreadable image(s) were left out, listed in {METADATA}" if left_out else "",
         )
-        return json.loads(meta_path.read_text())
+        return finished
     if options.max_shards is not None:
         todo = todo[: options.max_shards]
     if todo:  # incomplete until every shard is written
@@ -579,10 +635,12 @@ def convert(
                 order=order,
                 device=device,
                 batch_size=options.batch_size,
-                num_workers=options.num_workers,
+                num_workers=resolve_workers(options.num_workers),
                 source=SourceIds(p.dataset, dataset_name, p.name, dataset_root),
                 progress=bar,
                 shard_ids=mine,
+                sensor=sensor,
+                seed=seed,
             )
     except KeyboardInterrupt:
         bar.close()  # before the message, so that it starts on a line of its own
@@ -614,7 +672,20 @@ def convert(
     for p in plans:
         stats = [p.shards.stats(k) for k in range(len(p.ranges))]
         rate = sum(s.ones for s in stats) / max(sum(s.elements for s in stats), 1)
-        meta["splits"][p.name].update(event_rate=rate)
+        skipped = [entry for s in stats for entry in s.skipped]
+        meta["splits"][p.name].update(
+            rows=sum(s.rows for s in stats), event_rate=rate, skipped=len(skipped), skipped_files=skipped
+        )
+        if skipped:
+            log.warning(
+                "%s: %d unreadable image(s) left out (dataset.skip_corrupt=true), e.g. '%s'; "
+                "all are listed under splits.%s.skipped_files in '%s'",
+                p.name,
+                len(skipped),
+                skipped[0]["file_path"],
+                p.name,
+                meta_path,
+            )
     # Every row has the same number of event entries, so rows weight the splits exactly.
     splits = meta["splits"].values()
     meta["complete"] = all(info.get("event_rate") is not None for info in splits)
@@ -625,7 +696,9 @@ def convert(
     _write_json(meta_path, meta)
     log.info(
         "done: %s in '%s' (event rate %.2f%%)",
-        ", ".join(f"{p.name} {len(p.dataset)} rows in {len(p.ranges)} shard(s)" for p in plans),
+        ", ".join(
+            f"{p.name} {meta['splits'][p.name]['rows']} rows in {len(p.ranges)} shard(s)" for p in plans
+        ),
         out,
         100 * meta["event_rate"],
     )

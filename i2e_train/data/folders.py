@@ -3,7 +3,9 @@
 Layout: ``root/train/<class>/<image>`` and ``root/val/<class>/<image>`` (torchvision ImageFolder;
 any extension PIL reads). Datasets that ship without a split (Caltech) or folders you give as one
 ``root/<class>/<image>`` tree are split per class with ``val_fraction`` from ``split_seed``.
-Every image is decoded to RGB and goes through the photo pipelines of :mod:`.transforms`.
+Every image is decoded to 8-bit RGB by :func:`.images.read_image` (16-bit, transparent and other
+modes included) and goes through the photo pipelines of :mod:`.transforms`. Folders are walked by
+:func:`class_samples`: links are followed where they lead outside the dataset, never around it.
 """
 
 from __future__ import annotations
@@ -13,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from torch.utils.data import Subset
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 
-from .corrupt import CorruptGuard, UnreadableSampleError, describe
+from .corrupt import CorruptGuard
+from .images import read_image
 from .registry import DataBundle, register
 from .transforms import eval_transform, train_transform
 
@@ -29,17 +31,137 @@ IMAGENET_VAL_HINT = (
 )
 
 
-def read_image(path: str) -> Image.Image:
-    """Decode an image file to RGB; any failure names the file."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - PIL raises many types for broken files
-        raise UnreadableSampleError(f"cannot read image '{path}' ({describe(e)})") from None
+def _inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or lies under it (both real paths)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def class_samples(
+    directory: str | Path, class_to_idx: dict[str, int], extensions: tuple[str, ...], kind: str = "images"
+) -> list[tuple[str, int]]:
+    """``(path, class index)`` of every file with one of ``extensions`` under each class folder, in
+    torchvision's order (directories by path, files by name), counting every file exactly once.
+
+    A class folder may itself be a link (e.g. to another disk), and so may folders and files inside
+    it, as long as they lead outside the dataset. torchvision follows every directory link
+    (``os.walk(followlinks=True)``), so a link looping back into its own tree multiplies the images
+    under the wrong paths, and a link into another class folder relabels them. Such links, class
+    folders sharing files, and two links to the same file are refused with a ValueError naming the
+    link: which copy the user meant cannot be guessed."""
+    directory = os.fspath(directory)
+    split_real = os.path.realpath(directory)
+    class_dirs = {c: os.path.join(directory, c) for c in sorted(class_to_idx)}
+    class_real = {c: os.path.realpath(p) for c, p in class_dirs.items()}
+    owner: dict[str, str] = {}  # real path of each class folder -> its class
+
+    def owning_class(real: str) -> str | None:
+        """The class whose (real) folder holds ``real``."""
+        while True:
+            if real in owner:
+                return owner[real]
+            parent = os.path.dirname(real)
+            if parent == real:
+                return None
+            real = parent
+
+    for c, real in class_real.items():
+        if _inside(split_real, real):
+            raise ValueError(
+                f"class folder '{class_dirs[c]}' is a link to '{real}', which holds the dataset folder itself "
+                "(a loop); remove the link"
+            )
+        if real in owner:
+            raise ValueError(
+                f"class folders '{class_dirs[owner[real]]}' and '{class_dirs[c]}' are the same folder "
+                f"'{real}'; remove one of them"
+            )
+        owner[real] = c
+    for c, real in class_real.items():
+        other = owning_class(os.path.dirname(real))
+        if other is not None:
+            raise ValueError(
+                f"class folder '{class_dirs[c]}' leads to '{real}', inside class folder "
+                f"'{class_dirs[other]}': its files would be counted twice; remove the link"
+            )
+
+    seen: dict[str, str] = {}  # real path of every folder walked -> the path it was walked under
+    linked: dict[str, str] = {}  # real path of every linked file -> the link
+    samples: list[tuple[str, int]] = []
+    empty: list[str] = []
+    for c, top in class_dirs.items():
+        if not os.path.isdir(top):
+            continue
+        listing: list[tuple[str, list[str]]] = []
+        stack = [(top, class_real[c], (class_real[c],))]
+        seen[class_real[c]] = top
+        while stack:
+            path, real, chain = stack.pop()
+            try:
+                entries = list(os.scandir(path))
+            except OSError as e:
+                raise ValueError(
+                    f"cannot list the folder '{path}' ({type(e).__name__}: {e.strerror or e})"
+                ) from None
+            files = []
+            for entry in entries:
+                if entry.is_dir():  # follows a link
+                    sub = os.path.join(path, entry.name)
+                    sub_real = os.path.realpath(sub) if entry.is_symlink() else os.path.join(real, entry.name)
+                    if sub_real in chain or _inside(real, sub_real):
+                        raise ValueError(
+                            f"'{sub}' is a link back to '{sub_real}', a folder it is in (a loop that would "
+                            "count the same images again and again); remove the link"
+                        )
+                    if entry.is_symlink():
+                        into = owning_class(sub_real)
+                        if into is not None or _inside(sub_real, split_real):
+                            where = f"class folder '{class_dirs[into]}'" if into else f"'{directory}'"
+                            raise ValueError(
+                                f"'{sub}' is a link to '{sub_real}', inside {where}: its images would be "
+                                "counted twice or under another class; remove the link"
+                            )
+                    if sub_real in seen:
+                        raise ValueError(
+                            f"'{sub}' and '{seen[sub_real]}' lead to the same folder '{sub_real}': its "
+                            "images would be counted twice; remove the link"
+                        )
+                    seen[sub_real] = sub
+                    stack.append((sub, sub_real, (*chain, sub_real)))
+                elif has_file_allowed_extension(entry.name, extensions):
+                    files.append(entry.name)
+                    if entry.is_symlink():
+                        target = os.path.realpath(entry.path)
+                        if target in linked:
+                            raise ValueError(
+                                f"'{linked[target]}' and '{os.path.join(path, entry.name)}' are links to "
+                                f"the same file '{target}'; remove one of them"
+                            )
+                        linked[target] = os.path.join(path, entry.name)
+            listing.append((path, sorted(files)))
+        count = len(samples)
+        for path, files in sorted(listing):
+            samples += [(os.path.join(path, f), class_to_idx[c]) for f in files]
+        if len(samples) == count:
+            empty.append(top)
+    for target, link in linked.items():
+        # A link to a file that is also counted where it lies.
+        if seen.get(os.path.dirname(target)) is not None and has_file_allowed_extension(target, extensions):
+            raise ValueError(
+                f"'{link}' is a link to '{target}', which is counted where it lies: the same file twice; "
+                "remove the link"
+            )
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        raise FileNotFoundError(
+            f"class folder '{empty[0]}'{more} holds no {kind} (files ending in {', '.join(extensions)}); "
+            "add some or remove the folder"
+        )
+    return samples
 
 
 class ClassFolder(ImageFolder):
-    """torchvision ImageFolder with our image reader and optional excluded class folders."""
+    """torchvision ImageFolder with our image reader, optional excluded class folders, and a walk
+    that counts every file once (:func:`class_samples`)."""
 
     def __init__(self, root: str | Path, exclude: tuple[str, ...] = ()) -> None:
         self.exclude = set(exclude)
@@ -52,6 +174,17 @@ class ClassFolder(ImageFolder):
                 f"no class folders in '{directory}' (expected {directory}/<class>/<image>)"
             )
         return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Any = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        del extensions, is_valid_file, allow_empty  # ImageFolder's: image extensions, no empty class
+        return class_samples(directory, class_to_idx, IMG_EXTENSIONS)
 
 
 def check_class_layout(folder: Path, dataset: str, hint: str = "") -> None:

@@ -9,12 +9,51 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import zipfile
+import zlib
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from torch import Tensor
 
 _HEADER_BYTES = 8
+
+
+class _NotThere(ValueError):
+    """An archive without the requested array (its message is already the reason)."""
+
+
+def numpy_reason(exc: BaseException) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, in a few words. For bytes that are neither
+    .npy nor .npz NumPy falls back to pickle and then advises loading with ``allow_pickle``: advice
+    that would run whatever the file holds, so it is replaced by what is actually wrong."""
+    text = str(exc).strip().splitlines()
+    first = text[0][:200] if text else ""
+    if "allow_pickle" in first or "pickled" in first:
+        return "it holds neither .npy nor .npz data"
+    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, zipfile.BadZipFile | zlib.error | EOFError):
+        return f"a truncated or damaged .npz archive; {detail}"
+    return detail
+
+
+def read_array(source: str | os.PathLike[str] | BinaryIO, key: str = "arr_0") -> np.ndarray:
+    """The array of a .npy file, or array ``key`` of a .npz archive, read without pickles; a
+    truncated or foreign file raises ValueError with the reason (:func:`numpy_reason`)."""
+    try:
+        loaded = np.load(source, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            return loaded
+        with loaded:
+            if key not in loaded.files:
+                raise _NotThere(f"it has no array '{key}' (arrays: {', '.join(loaded.files) or 'none'})")
+            return loaded[key]
+    except _NotThere:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile, zlib and NumPy raise many types for broken files
+        raise ValueError(numpy_reason(e)) from None
 
 
 def pack_events(events_TCHW: Tensor | np.ndarray) -> bytes:
@@ -52,9 +91,9 @@ def encode_packed(bits: Tensor | np.ndarray, shape: tuple[int, ...]) -> bytes:
 def unpack_events(data: bytes | memoryview) -> Tensor:
     """Decode published-format bytes into a bool tensor ``[T, C, H, W]``."""
     try:
-        payload = np.load(io.BytesIO(bytes(data)), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"not an I2E event record (np.load failed: {e})") from None
+        payload = read_array(io.BytesIO(bytes(data)))
+    except ValueError as e:
+        raise ValueError(f"not an I2E event record ({e})") from None
     if payload.dtype != np.uint8 or payload.ndim != 1 or payload.size < _HEADER_BYTES:
         raise ValueError(
             f"not an I2E event record: expected a 1-D uint8 array, got {payload.dtype} {payload.shape}"

@@ -11,7 +11,10 @@
   boolean ``[T, 2, H, W]`` array under ``arr_0`` (``np.savez_compressed``).
 
 Samples are bool tensors ``[T, 2, H, W]``; the training step converts them to the compute dtype on
-the device. Shuffled training reads one row group per sample unless it is cached: shards written
+the device. Every sample must have the shape of the first training sample (checked against
+``image_size`` when that is set): a record of another shape — a damaged header that still fits its
+byte count, or a file of another dataset — is an unreadable sample like a corrupt one, named in one
+line, or skipped and counted with ``skip_corrupt``. Shuffled training reads one row group per sample unless it is cached: shards written
 with small row groups (a few hundred samples) keep that cheap.
 """
 
@@ -28,7 +31,8 @@ import torch
 from torchvision.datasets import DatasetFolder
 
 from .corrupt import CorruptGuard, UnreadableSampleError, describe
-from .formats import unpack_events
+from .folders import class_samples
+from .formats import read_array, unpack_events
 from .registry import DataBundle, register
 
 SPLIT_PREFIXES = {"train": "train", "val": "validation"}
@@ -70,6 +74,7 @@ class ParquetEvents:
         self._groups = groups
         # Global index of each row group's first row, for a binary search on access.
         self._starts = np.cumsum([0] + [rows for _, _, rows in groups])
+        self.expected_shape: tuple[int, ...] | None = None  # set by the builder from the first sample
         self._files: dict[int, Any] = {}
         self._pid = -1
         self._cache: OrderedDict[tuple[int, int], Any] = OrderedDict()
@@ -117,6 +122,11 @@ class ParquetEvents:
             raise UnreadableSampleError(
                 f"cannot read sample {row} of row group {group} in '{self.shards[shard]}' ({describe(e)})"
             ) from None
+        if self.expected_shape is not None and tuple(events.shape) != self.expected_shape:
+            raise UnreadableSampleError(
+                f"sample {row} of row group {group} in '{self.shards[shard]}' holds events of shape "
+                f"{tuple(events.shape)}, the dataset's are {self.expected_shape}"
+            )
         return events, int(self.targets[index])
 
 
@@ -186,16 +196,19 @@ def _events_bundle(
     skip_corrupt: bool,
     dataset: str,
 ) -> DataBundle:
-    """The bundle of a stored-events dataset, after checking the events' size against ``image_size``."""
-    if image_size is not None:
-        shape = tuple(train[0][0].shape)
-        if shape[-1] != image_size or shape[-2] != image_size:
-            raise ValueError(
-                f"{dataset}: the stored events are {shape[-2]}x{shape[-1]} but dataset.image_size={image_size}; "
-                f"set dataset.image_size={shape[-1]} (pre-converted events cannot be resized)"
-            )
+    """The bundle of a stored-events dataset: the first (readable) training sample fixes the shape
+    every sample must have, after checking its size against ``image_size``."""
+    train_guard = CorruptGuard(train, skip_corrupt, "train")
+    with train_guard.uncounted():  # a look before training, not a skip of any epoch
+        shape = tuple(train_guard[0][0].shape)
+    if image_size is not None and (shape[-1] != image_size or shape[-2] != image_size):
+        raise ValueError(
+            f"{dataset}: the stored events are {shape[-2]}x{shape[-1]} but dataset.image_size={image_size}; "
+            f"set dataset.image_size={shape[-1]} (pre-converted events cannot be resized)"
+        )
+    train.expected_shape = val.expected_shape = shape
     return DataBundle(
-        train=CorruptGuard(train, skip_corrupt, "train"),
+        train=train_guard,
         val=CorruptGuard(val, skip_corrupt, "val"),
         num_classes=classes,
         events=True,
@@ -205,10 +218,11 @@ def _events_bundle(
 
 def load_npz_events(path: str) -> torch.Tensor:
     try:
-        with np.load(path) as archive:
-            array = archive["arr_0"]
-    except Exception as e:  # noqa: BLE001 - np.load raises many types for broken files
-        raise UnreadableSampleError(f"cannot read events '{path}' ({describe(e)})") from None
+        array = read_array(path)
+    except ValueError as e:
+        raise UnreadableSampleError(
+            f"cannot read events '{path}': not a valid .npz events file ({e})"
+        ) from None
     if array.ndim != 4:
         raise UnreadableSampleError(f"events '{path}' have shape {array.shape}; expected [T, 2, H, W]")
     return torch.from_numpy(array.astype(np.bool_, copy=False))
@@ -219,6 +233,27 @@ class NpzFolder(DatasetFolder):
 
     def __init__(self, root: str | Path) -> None:
         super().__init__(str(root), loader=load_npz_events, extensions=(".npz",))
+        self.expected_shape: tuple[int, ...] | None = None  # set by the builder from the first sample
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        events, label = super().__getitem__(index)
+        if self.expected_shape is not None and tuple(events.shape) != self.expected_shape:
+            raise UnreadableSampleError(
+                f"events '{self.samples[index][0]}' have shape {tuple(events.shape)}, "
+                f"the dataset's are {self.expected_shape}"
+            )
+        return events, label
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Any = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        del extensions, is_valid_file, allow_empty  # .npz files, no empty label folder
+        return class_samples(directory, class_to_idx, (".npz",), kind=".npz files")
 
     def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
         names = [e.name for e in os.scandir(directory) if e.is_dir()]

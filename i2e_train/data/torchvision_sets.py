@@ -15,11 +15,15 @@ where to put which files.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 from torchvision import datasets as tvd
 from torchvision.datasets.utils import check_integrity
 
+from .corrupt import describe
 from .fetch import download_or_explain, is_local_leader, missing_files, wait_for
 from .registry import DataBundle, register
 from .transforms import eval_transform, train_transform
@@ -41,6 +45,42 @@ def _require_root(root: str | None, dataset: str, hint: str) -> Path:
     if not root:
         raise ValueError(f"dataset.root is not set; point it at the folder holding {hint} for {dataset}")
     return Path(root).expanduser()
+
+
+def _cifar_file_problem(cls: type[tvd.CIFAR10], path: Path) -> str | None:
+    """What makes ``path`` (one file of the python version) unusable, or None. torchvision only
+    unpickles the files: a truncated file ends in a traceback, and a foreign one (e.g. CIFAR-100's
+    ``train`` in place of ``data_batch_1``) may even load, with labels that mean nothing."""
+    release = cls.filename
+    classes = 100 if issubclass(cls, tvd.CIFAR100) else 10
+    try:
+        with open(path, "rb") as f:
+            entry: Any = pickle.load(f, encoding="latin1")
+    except Exception as e:  # noqa: BLE001 - unpickling raises many types for broken files
+        return f"'{path}' cannot be unpickled ({describe(e)}): it is truncated or not a file of {release}"
+    what = f"'{path}' is not a file of {release}"
+    if not isinstance(entry, dict):
+        return f"{what}: it holds a {type(entry).__name__}, not a dict"
+    if path.name == cls.meta["filename"]:
+        names = entry.get(cls.meta["key"])
+        if not isinstance(names, list | tuple) or len(names) != classes:
+            return f"{what}: '{cls.meta['key']}' should list the {classes} class names"
+        return None
+    label_key = "fine_labels" if classes == 100 else "labels"
+    missing = [k for k in ("data", label_key) if k not in entry]
+    if missing:
+        return f"{what}: it has no '{missing[0]}' entry (it has: {', '.join(map(str, list(entry)[:6]))})"
+    data, labels = np.asarray(entry["data"]), np.asarray(entry[label_key])
+    if data.dtype != np.uint8 or data.size != len(labels) * 3 * 32 * 32:
+        return (
+            f"{what}: 'data' should hold {len(labels)} images of 3x32x32 bytes (one per label), "
+            f"it holds {data.dtype} {tuple(data.shape)}"
+        )
+    if labels.size and (
+        not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= classes
+    ):
+        return f"{what}: its labels run from {labels.min()} to {labels.max()}, outside 0..{classes - 1}"
+    return None
 
 
 def _cifar(
@@ -80,8 +120,19 @@ def _cifar(
                 f"incomplete download; {len(bad)} file(s) differ); replace it with the file from "
                 f"{cls.filename}, or set dataset.verify_md5=false to use your own files"
             )
+    else:
+        # The checksums were the integrity check; without them, look at the files themselves.
+        for name in files:
+            if problem := _cifar_file_problem(cls, folder / name):
+                raise ValueError(f"{dataset}: {problem}; replace it with the file from {cls.filename}")
     chosen = cls if verify_md5 else unverified
-    return chosen(str(base), train=True), chosen(str(base), train=False)
+    try:
+        return chosen(str(base), train=True), chosen(str(base), train=False)
+    except Exception as e:  # noqa: BLE001 - whatever the checks above did not foresee, in one line
+        raise ValueError(
+            f"{dataset}: the files in {folder} cannot be read ({describe(e)}); replace them with those "
+            f"of {cls.filename}"
+        ) from None
 
 
 def _image_bundle(

@@ -18,19 +18,19 @@ train: $(STAMP)  ## train the embedded default (scikit-learn digits); pass ARGS=
 	$(BIN)/i2e-train $(ARGS)
 
 test: $(STAMP)  ## lint + the fast tests (CPU)
-	$(BIN)/ruff check i2e_train tests
-	$(BIN)/ruff format --check i2e_train tests
+	$(BIN)/ruff check i2e_train tests scripts
+	$(BIN)/ruff format --check i2e_train tests scripts
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP)  ## the slow tests: real CLI runs, resume, DDP, fault injection
 	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check i2e_train tests
+	$(BIN)/ruff check i2e_train tests scripts
 
 format: $(STAMP)
-	$(BIN)/ruff format i2e_train tests
-	$(BIN)/ruff check --fix i2e_train tests
+	$(BIN)/ruff format i2e_train tests scripts
+	$(BIN)/ruff check --fix i2e_train tests scripts
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

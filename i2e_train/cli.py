@@ -8,6 +8,7 @@ raised inside a run into ``prog: error: ...`` with a non-zero exit code.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import difflib
 import errno
@@ -74,6 +75,27 @@ _SKIP_PRECHECK = {
     "-cd",
     "--experimental-rerun",
 }
+
+
+COMMANDS = {
+    "i2e-train": "train an SNN on I2E events",
+    "i2e-eval": "evaluate a checkpoint",
+    "i2e-convert": "pre-convert a dataset to events",
+    "i2e-viz": "look at events",
+    "i2e-report": "compare runs: table and plots",
+    "i2e-bench": "speed",
+}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the option list; the description and the examples as written."""
+
+
+def epilog(prog: str, examples: list[str]) -> str:
+    """The end of an argparse CLI's --help: examples, then the other commands."""
+    others = ", ".join(f"{name} ({what})" for name, what in COMMANDS.items() if name != prog)
+    lines = ["examples:", *(f"  {e}" for e in examples), "", f"other commands: {others}; each has --help."]
+    return "\n".join(lines)
 
 
 def fail(prog: str, message: str, code: int = 2) -> None:

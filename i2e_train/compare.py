@@ -741,8 +741,20 @@ def build_report(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Collect training runs into one results table (Markdown + CSV) with learning-curve plots.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "i2e-report: collect training runs into one results table (Markdown + CSV: best and final\n"
+            "top-1, EMA, the paper's number, wall time, images/s; seeds grouped) with learning-curve plots\n"
+            "(loss, top-1, lr, firing rate; all runs on one plot). A sweep folder is one argument."
+        ),
+        formatter_class=cli.HelpFormatter,
+        epilog=cli.epilog(
+            PROG,
+            [
+                "i2e-report runs/digits/2026-12-01_10-00-00",
+                "i2e-report runs/orders --out report/orders     # a whole sweep",
+                "i2e-report runs/ --sort best --title 'All runs'",
+            ],
+        ),
     )
     p.add_argument(
         "paths",

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .data.sampler import SeededDraws
 from .sensor import check_events, device_generator
 
 __all__ = ["TRANSLATE_MODES", "EventAugment", "EventAugmentParams"]
@@ -66,7 +67,7 @@ def _check_prob(name: str, value: object) -> float:
     return float(value)
 
 
-class EventAugment:
+class EventAugment(SeededDraws):
     """Flip, translation, polarity swap, time reversal and drop of events ``[T, B, 2, H, W]``.
 
     ``augment(events) -> events`` (same shape, dtype and device); :meth:`manual_seed` per step.
@@ -95,8 +96,7 @@ class EventAugment:
         self.polarity_swap_prob = _check_prob("polarity_swap_prob", polarity_swap_prob)
         self.time_reverse_prob = _check_prob("time_reverse_prob", time_reverse_prob)
         self.drop_rate = _check_prob("drop_rate", drop_rate)
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(int(seed))
+        self._init_draws(seed)
 
     @property
     def permutes(self) -> bool:
@@ -111,16 +111,6 @@ class EventAugment:
     @property
     def enabled(self) -> bool:
         return self.permutes or self.drop_rate > 0
-
-    def manual_seed(self, seed: int) -> None:
-        """Reseed the draws (the trainer calls this every step with a derived seed)."""
-        self._generator.manual_seed(int(seed))
-
-    def rng_state(self) -> Tensor:
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: Tensor) -> None:
-        self._generator.set_state(state)
 
     def sample(self, batch: int) -> EventAugmentParams:
         """Draw the parameters of ``batch`` samples on the CPU. Every parameter is always drawn, so

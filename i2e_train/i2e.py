@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .data.sampler import SeededDraws
 from .levels import uint8_to_float32_table
 from .pairs import (
     DEFAULT_ORDER,
@@ -368,7 +369,7 @@ def _convert_torch(
     return events_TBCHW
 
 
-class I2E(nn.Module):
+class I2E(SeededDraws, nn.Module):
     """I2E conversion as a module, with random displacement vectors in training.
 
     In training (with ``random_vectors``) each timestep draws one pair of its
@@ -400,8 +401,7 @@ class I2E(nn.Module):
         self.seed = int(seed)
         self.dtype = dtype
         # A Generator is not a tensor, so it stays out of state_dict on purpose.
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(self.seed)
+        self._init_draws(self.seed)
         # Pairs of each timestep's group padded to a common length [8, L, 2];
         # padding entries are never selected (index is taken modulo group size).
         longest = max(len(g) for g in GROUPS)
@@ -445,18 +445,6 @@ class I2E(nn.Module):
     def resolved_backend(self, device: torch.device | str) -> str:
         """The backend ``auto`` resolves to for tensors on ``device`` (``torch`` or ``triton``)."""
         return _resolve_backend(self.backend, torch.device(device))
-
-    def manual_seed(self, seed: int) -> None:
-        """Reseed the pair generator (the trainer derives a seed per step for exact resume)."""
-        self._generator.manual_seed(int(seed))
-
-    def rng_state(self) -> Tensor:
-        """State of the pair generator, for exact resume."""
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: Tensor) -> None:
-        """Restore a state returned by :meth:`rng_state`."""
-        self._generator.set_state(state)
 
     def extra_repr(self) -> str:
         return (

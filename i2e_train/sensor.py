@@ -57,7 +57,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .data.sampler import mix_seed
+from .data.sampler import SeededDraws, mix_seed
 from .i2e import I2E, i2e_convert
 
 __all__ = ["SensorI2E", "SensorModel"]
@@ -109,7 +109,7 @@ def device_generator(seed: int, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(int(seed))
 
 
-class SensorModel:
+class SensorModel(SeededDraws):
     """Threshold mismatch, hot pixels, shot noise, refractory period and event drop (see the module
     docstring for the model, the order and the randomness).
 
@@ -146,8 +146,7 @@ class SensorModel:
         self.refractory_steps = _check_int("refractory_steps", refractory_steps)
         self.hot_pixel_fraction = _check_prob("hot_pixel_fraction", hot_pixel_fraction)
         self.drop_rate = _check_prob("drop_rate", drop_rate)
-        self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(int(seed))
+        self._init_draws(seed)
         self._patterns: dict[tuple[str, int, int, torch.device], Tensor] = {}
 
     # ------------------------------------------------------------------ switches
@@ -172,15 +171,6 @@ class SensorModel:
         return self.threshold_enabled or self.events_enabled
 
     # ------------------------------------------------------------------ randomness
-    def manual_seed(self, seed: int) -> None:
-        """Reseed the per-step draws (the trainer calls this every step with a derived seed)."""
-        self._generator.manual_seed(int(seed))
-
-    def rng_state(self) -> Tensor:
-        return self._generator.get_state()
-
-    def set_rng_state(self, state: Tensor) -> None:
-        self._generator.set_state(state)
 
     def _sub_seeds(self, n: int) -> list[int]:
         return torch.randint(0, 2**62, (n,), generator=self._generator).tolist()

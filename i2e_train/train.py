@@ -23,14 +23,23 @@ def check(cfg: DictConfig) -> str | None:
     written: every typed key, the checkpoints named, a transfer preset's init_from. Returns a
     "nothing to do" line for a finished run given ``resume=auto`` (then nothing else runs)."""
     config.validate_train(cfg)
+    models = cli.group_options("model")
+    if cfg.model.name not in models:
+        raise UserError(f"unknown model '{cfg.model.name}'; choose one of: {', '.join(models)}")
     run = config.run_options(cfg)
     for path in (run.init_from, None if run.resume in (None, "auto") else run.resume):
         if path:
             files.existing_checkpoint(path)
     _check_init_from(cfg, Path(run.run_dir))
     files.check_writable(Path(run.run_dir), "run_dir")
-    if run.resume == "auto" or (not run.resume and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0"):
-        return files.finished_run(Path(run.run_dir) / "checkpoints", int(cfg.trainer.epochs))
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if run.resume == "auto" or (not run.resume and restart != "0"):
+        done = files.finished_run(Path(run.run_dir) / "checkpoints", int(cfg.trainer.epochs))
+        return (
+            f"torchrun restart {restart}: resuming from the last checkpoint; {done}"
+            if done and restart != "0"
+            else done
+        )
     return None
 
 

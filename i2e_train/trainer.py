@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -213,7 +214,7 @@ class Trainer:
         if self.converter is not None:
             self.converter.train()
         self.parts.set_epoch(epoch)
-        show = self.opt.progress and self.dist.is_main
+        show = self.opt.progress and self.dist.is_main and sys.stderr.isatty()  # no bar in log files
         desc = f"epoch {epoch + 1}/{self.opt.epochs}"
         with tqdm(
             total=total, initial=start, desc=desc, leave=False, disable=not show, dynamic_ncols=True

@@ -253,7 +253,9 @@ def _dataset_sample(args: argparse.Namespace) -> EventSample:
         return EventSample(events, title=title, details=["recorded events"])
     ratio = args.ratio if args.ratio is not None else float(cfg.i2e.ratio)
     size = args.size if args.size is not None else int(cfg.dataset.image_size)
-    return sample_from_image(sample, ratio, args.order, title=title, size=size, sensor=_sensor(args.sensor))
+    return sample_from_image(
+        sample, ratio, args.order, title=title, size=size, sensor=_sensor(getattr(args, "sensor", None))
+    )
 
 
 def _sensor(name: str | None) -> tuple[str, Any] | None:
@@ -356,7 +358,12 @@ def load_sample(args: argparse.Namespace) -> EventSample:
         ratio = args.ratio if args.ratio is not None else DEFAULT_RATIO
         size = DEFAULT_SIZE if args.size is None else args.size
         return sample_from_image(
-            _read_image(path), ratio, args.order, title=path.name, size=size, sensor=_sensor(args.sensor)
+            _read_image(path),
+            ratio,
+            args.order,
+            title=path.name,
+            size=size,
+            sensor=_sensor(getattr(args, "sensor", None)),
         )
     if args.dataset:
         return _dataset_sample(args)
@@ -368,8 +375,21 @@ def load_sample(args: argparse.Namespace) -> EventSample:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Draw the I2E event stream of an image, a dataset sample, a parquet row or an events file.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=(
+            "i2e-viz: draw the I2E event stream of an image, a dataset sample, a parquet row or an events\n"
+            "file: a PNG overview (the original, V = max(R, G, B), every timestep with its displacement\n"
+            "pair; ON red, OFF blue) or a GIF of the timesteps. --sensor shows what a DVS sensor model does."
+        ),
+        formatter_class=cli.HelpFormatter,
+        epilog=cli.epilog(
+            PROG,
+            [
+                "i2e-viz photo.jpg --out events.png",
+                "i2e-viz photo.jpg --out events.gif --size 128 --ratio 0.07 --sensor dvs_realistic",
+                "i2e-viz --dataset cifar10 --root /data/cifar10 --index 5 --out sample.png",
+                "i2e-viz --parquet out/validation-00000-of-00001.parquet --row 3 --out row.gif",
+            ],
+        ),
     )
     p.add_argument("image", nargs="?", help="an image file (JPEG, PNG, ...)")
     p.add_argument("--out", required=True, help="output file: .png (overview) or .gif (animation)")

@@ -61,6 +61,7 @@ def test_bench_quick_on_cpu_writes_every_part(cli, tmp_path) -> None:
     assert len(paths) == 4 and all(r["images_per_s"] > 0 for r in result["data"])
 
 
+@pytest.mark.slow
 def test_bench_user_errors_are_one_line(cli, tmp_path) -> None:
     res = cli("bench", "--part", "conversion", "--out", "missing/dir/b.json", "--device", "cpu")
     assert res.returncode == 2 and "Traceback" not in res.output

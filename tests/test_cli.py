@@ -40,6 +40,7 @@ def _one_line_error(result, *needles: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_train_then_eval_through_the_cli(cli, tmp_path):
     res = cli("train", "run_dir=run", *SMOKE)
     assert res.returncode == 0, res.output
@@ -73,6 +74,7 @@ def test_train_then_eval_through_the_cli(cli, tmp_path):
     assert sum(full["per_class_samples"].values()) == 360
 
 
+@pytest.mark.slow
 def test_eval_of_a_paper_format_checkpoint(cli, tmp_path):
     torch.manual_seed(0)
     model = build_model("ms_resnet34", 10)
@@ -203,6 +205,7 @@ def test_precheck_raises_user_error_for_unknown_group_option():
         precheck("train", ["optim=adamw"])
 
 
+@pytest.mark.slow
 def test_a_file_given_as_dataset_root(cli, tmp_path):
     (tmp_path / "photos.txt").write_text("a list of photos, not the photos")
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b")

@@ -73,6 +73,7 @@ def test_image_folder_with_extras_skipping_a_corrupt_file_then_transfer_to_digit
     assert torch.nn.functional.cosine_similarity(a, b, dim=0) > 0.95
 
 
+@pytest.mark.slow
 def test_unreadable_image_stops_the_run_with_one_line(cli, tmp_path):
     written = write_image_folders(tmp_path / "photos", classes=2, per_class=(4, 2))
     bad = written["train"][2]

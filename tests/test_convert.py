@@ -128,6 +128,7 @@ def test_shard_ranges_partition_the_rows():
     assert shard_ranges(8, 4) == [range(0, 4), range(4, 8)] and shard_ranges(0, 4) == []
 
 
+@pytest.mark.slow
 def test_cli_converts_photos_into_exact_published_events(cli, tmp_path, photo_root):
     res = cli(
         "convert",
@@ -347,7 +348,7 @@ def _one_line_error(res, *needles, during_run=False):
 
 def test_user_errors_are_one_line(cli, tmp_path):
     _one_line_error(cli("convert"), "missing required setting 'output'")
-    _one_line_error(cli("convert", "output=o", "format=zip"), "format must be parquet or npz")
+    _one_line_error(cli("convert", "output=o", "format=zip"), "format must be one of parquet, npz")
     # an unreadable image is named, after the progress logged so far
     broken = tmp_path / "broken"
     for split in ("train", "val"):

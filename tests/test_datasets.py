@@ -197,6 +197,7 @@ def test_unreadable_sample_error_in_a_worker_stays_one_line(tmp_path):
     assert "\n" not in str(e.value) and str(written["val"][0]) in str(e.value)
 
 
+@pytest.mark.slow
 def test_skipped_samples_are_counted_across_workers(tmp_path):
     written = write_image_folders(tmp_path, classes=2, per_class=(4, 3))
     for path in written["val"][:2]:

@@ -239,6 +239,7 @@ def test_npz_folders_refuse_loops_too(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_cli_names_the_loop_and_the_empty_class_folder(cli, tmp_path):
     train = _folders(tmp_path / "data")
     os.symlink("..", train / "n00000001" / "up")
@@ -288,6 +289,7 @@ def test_damaged_cifar10_pickles_are_named(tmp_path, damage, needle):
     assert needle in message and "\n" not in message and "replace it with the file from" in message
 
 
+@pytest.mark.slow
 def test_cli_truncated_cifar100_pickle(cli, tmp_path):
     write_cifar100(tmp_path / "c100")
     test = tmp_path / "c100" / "cifar-100-python" / "test"

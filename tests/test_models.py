@@ -127,3 +127,27 @@ def test_sync_batchnorm_conversion_keeps_names_state_and_outputs():
     with torch.no_grad():
         out = converted.train()(events)  # single process: same statistics over T*B*H*W
     torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv3x3_on_a_1x1_map_is_its_centre_tap_exactly(stride):
+    """The 1x1-map fast path: the same outputs and gradients as the full 3x3 convolution (whose eight
+    outer taps only meet zero padding), so training is unchanged."""
+    from torch.nn import functional as F
+
+    from i2e_train.models.ms_resnet import conv3x3
+
+    torch.manual_seed(0)
+    conv = conv3x3(16, 8, stride)
+    x = torch.randn(3, 2, 16, 1, 1, requires_grad=True)  # [T, B, C, 1, 1]
+    fast = conv(x)
+    full = F.conv2d(x.flatten(0, 1), conv.weight, None, stride, 1).unflatten(0, (3, 2))
+    torch.testing.assert_close(fast, full, rtol=1e-6, atol=1e-6)
+    (g_fast,) = torch.autograd.grad(fast.square().sum(), conv.weight)
+    (g_full,) = torch.autograd.grad(full.square().sum(), conv.weight)
+    torch.testing.assert_close(g_fast, g_full, rtol=1e-5, atol=1e-6)
+    assert not g_full[:, :, 0, 0].any() and g_fast[:, :, 1, 1].abs().sum() > 0
+    larger = torch.randn(1, 2, 16, 5, 5)  # any other size takes the ordinary path
+    torch.testing.assert_close(
+        conv(larger), F.conv2d(larger.flatten(0, 1), conv.weight, None, stride, 1).unflatten(0, (1, 2))
+    )

@@ -136,6 +136,7 @@ def test_non_spike_inputs_count_as_macs():
     assert stem.snn_sops == 0 and stem.snn_macs == stem.ann_macs * 8
 
 
+@pytest.mark.slow
 def test_train_then_eval_report(cli, tmp_path):
     """A 2-batch run: TensorBoard preview, firing rates and scalars; then the eval report files."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -193,6 +193,7 @@ def _eval_worker(rank: int, world: int, init_file: str, n: int, out: str) -> Non
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_evaluation_counts_each_sample_once(tmp_path):
     """10 samples over 3 processes (4/3/3): every rank reports all 10, with single-process accuracy."""
     import torch.multiprocessing as mp
@@ -229,6 +230,7 @@ def _single_process_eval(n: int) -> float:
     return result.top1
 
 
+@pytest.mark.slow
 def test_corrupt_checkpoints_get_one_line(tmp_path):
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
@@ -248,6 +250,7 @@ def test_corrupt_checkpoints_get_one_line(tmp_path):
         assert len(lines) == 1 and needle in lines[0], res.stderr
 
 
+@pytest.mark.slow
 def test_torchrun_restart_resumes_without_being_asked(tmp_path):
     from conftest import SMOKE
 

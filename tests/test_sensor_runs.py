@@ -62,6 +62,7 @@ def test_evaluation_stays_clean_unless_asked(tmp_path):
     assert not torch.equal(asked.eval()(images), plain)
 
 
+@pytest.mark.slow
 def test_the_sensor_refuses_stored_events_in_one_line(cli, tmp_path):
     from disk_formats import digit_events, write_i2e_npz
 

@@ -104,6 +104,7 @@ def test_channels_last_fp32_gives_the_same_logits() -> None:
     assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_compile_then_reset_and_step() -> None:
     torch.manual_seed(0)
     model = build_model("ms_resnet18", 10)

@@ -53,6 +53,7 @@ def test_nonfinite_loss_stops_naming_epoch_and_step_and_keeps_last_checkpoint(tm
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point())
 
 
+@pytest.mark.slow
 def test_skip_nonfinite_skips_and_counts(tmp_path):
     trainer = build_test_run(tmp_path, *RUN, "trainer.skip_nonfinite=true")
     trainer.parts.model = NaNOn(trainer.parts.model, {2, 5})
@@ -63,6 +64,7 @@ def test_skip_nonfinite_skips_and_counts(tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
 
 
+@pytest.mark.slow
 def test_callbacks_see_every_epoch_and_extend_the_row(tmp_path):
     seen = []
 
@@ -81,6 +83,7 @@ def test_callbacks_see_every_epoch_and_extend_the_row(tmp_path):
     assert [r["probe"] for r in rows(tmp_path)] == [10, 20]
 
 
+@pytest.mark.slow
 def test_resume_with_more_epochs_uses_the_new_schedule(tmp_path):
     build_test_run(tmp_path, *RUN, "trainer.epochs=1", "optim.lr=0.05", "sched.lr_min=1e-4").fit()
     longer = build_test_run(tmp_path, *RUN, "trainer.epochs=3", "optim.lr=0.05", "sched.lr_min=1e-4")
@@ -105,6 +108,7 @@ def test_global_batch_must_split_evenly_over_processes_and_accumulation(tmp_path
         build_run(compose(*RUN, "trainer.batch_size=8", "trainer.device=cpu"), tmp_path, three)
 
 
+@pytest.mark.slow
 def test_best_is_a_link_to_the_best_last_and_history_keeps_k(tmp_path):
     trainer = build_test_run(tmp_path, *RUN, "trainer.epochs=3", "trainer.keep_checkpoints=2")
     written = []
@@ -150,6 +154,7 @@ def test_two_accumulated_micro_batches_make_the_update_of_one_batch(tmp_path):
     assert moved  # same update up to summation order, not by not training
 
 
+@pytest.mark.slow
 def test_clipping_acts_on_unscaled_gradients_under_fp16_loss_scaling(tmp_path):
     trainer = build_test_run(tmp_path, *RUN, "trainer.precision=fp16", "trainer.clip_grad_norm=0.05")
     assert trainer.parts.scaler is not None and trainer.parts.scaler.get_scale() > 1

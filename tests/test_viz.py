@@ -57,6 +57,7 @@ def test_png_panels_show_the_exact_events_of_each_timestep():
     assert all(not np.array_equal(shown[i], shown[j]) for i in range(8) for j in range(i + 1, 8))
 
 
+@pytest.mark.slow
 def test_cli_png_and_gif_of_a_photograph(cli, tmp_path, photo):
     res = cli("viz", str(photo), "--out", "pic.png", "--size", "96")
     assert res.returncode == 0, res.output
@@ -159,6 +160,7 @@ def _one_line(res, *needles: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_broken_events_files_and_unwritable_outputs_get_one_line(cli, tmp_path):
     events = np.zeros((8, 2, 16, 16), dtype=bool)
     events[:, 0, 4:8, 4:8] = True

@@ -217,9 +217,8 @@ class TemporalSubset(_StepSeeded):
         return events_TBCHW[self.indices(events_TBCHW.shape[0]).to(events_TBCHW.device)]
 
 
-class ChainBatch:
-    """Batch transforms applied in order (device augmentation, then mixup); each is reseeded from
-    the step's seed with its own salt."""
+class _Chain:
+    """Transforms applied in order; each is reseeded from the step's seed with its own salt."""
 
     def __init__(self, *transforms: object) -> None:
         self.transforms = [t for t in transforms if t is not None]
@@ -234,31 +233,23 @@ class ChainBatch:
             if hasattr(t, "set_epoch"):
                 t.set_epoch(epoch)
 
+    def __repr__(self) -> str:
+        return " -> ".join(repr(t) for t in self.transforms)
+
+
+class ChainBatch(_Chain):
+    """Batch transforms on the device before I2E (device augmentation, then mixup)."""
+
     def __call__(self, images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         for t in self.transforms:
             images, labels = t(images, labels)
         return images, labels
 
-    def __repr__(self) -> str:
-        return " -> ".join(repr(t) for t in self.transforms)
 
-
-class ChainEvents:
-    """Event transforms applied in order (event augmentation, then a temporal subset); each is
-    reseeded from the step's seed with its own salt."""
-
-    def __init__(self, *transforms: object) -> None:
-        self.transforms = [t for t in transforms if t is not None]
-
-    def manual_seed(self, seed: int) -> None:
-        for i, t in enumerate(self.transforms):
-            if hasattr(t, "manual_seed"):
-                t.manual_seed(mix_seed(seed, i))
+class ChainEvents(_Chain):
+    """Event transforms (event augmentation, then a temporal subset)."""
 
     def __call__(self, events_TBCHW: Tensor) -> Tensor:
         for t in self.transforms:
             events_TBCHW = t(events_TBCHW)
         return events_TBCHW
-
-    def __repr__(self) -> str:
-        return " -> ".join(repr(t) for t in self.transforms)

@@ -8,6 +8,7 @@ Every layer runs in SpikingJelly's multi-step mode on time-major tensors ``[T, B
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from spikingjelly.activation_based import layer, neuron, surrogate
 from torch import Tensor, nn
 
@@ -27,8 +28,23 @@ def lif() -> neuron.LIFNode:
     )
 
 
+class Conv3x3(layer.Conv2d):
+    """SpikingJelly's multi-step 3x3 convolution (padding 1), computed as the 1x1 convolution of its
+    centre tap on 1x1 feature maps (the last stages of 32x32 inputs: digits, MNIST).
+
+    There only the centre tap meets a pixel; the other eight multiply the zero padding, so the
+    result and the gradients are the same (the other taps' gradient is exactly 0). It matters on
+    CPUs: oneDNN runs a 3x3 convolution of a 1x1 map ~30x slower than the equivalent 1x1 one (its
+    backward was 80% of a digits training step). Parameter names and shapes are unchanged."""
+
+    def _conv_forward(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        if x.shape[-2:] == (1, 1) and self.padding_mode == "zeros":
+            return F.conv2d(x, weight[:, :, 1:2, 1:2], bias, 1, 0, 1, self.groups)
+        return super()._conv_forward(x, weight, bias)
+
+
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> layer.Conv2d:
-    return layer.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False, step_mode="m")
+    return Conv3x3(in_planes, out_planes, 3, stride=stride, padding=1, bias=False, step_mode="m")
 
 
 def batch_norm(planes: int) -> layer.BatchNorm2d:

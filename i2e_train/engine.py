@@ -9,6 +9,7 @@ for datasets that already are events, as ``[B, T, 2, H, W]``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -225,6 +226,12 @@ class EpochStats:
         self.correct1 += out.correct1
         self.samples += out.samples
         self.grad_norm_sum += out.grad_norm or 0.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EpochStats:
+        """The sums a checkpoint stored (keys of other versions are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in names})
 
     def reduce(self, device: torch.device) -> EpochStats:
         """Totals over all ranks (a collective)."""

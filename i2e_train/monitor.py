@@ -89,7 +89,10 @@ class MetricsWriter:
         rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
         kept = [r for r in rows if r.get("epoch", 0) <= epoch]
         if len(kept) != len(rows):
-            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+            from .files import atomic_write
+
+            text = "".join(json.dumps(r) + "\n" for r in kept)
+            atomic_write(self.path, lambda f: f.write(text.encode()))
 
     def start(self, config: dict[str, Any], resumed: bool) -> None:
         """Open TensorBoard and the tracker's run (a resumed run continues the tracker's run too)."""

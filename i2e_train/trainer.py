@@ -156,7 +156,7 @@ class Trainer:
         resuming = epoch == self.progress.epoch and self.progress.step > 0
         start = self.progress.step if resuming else 0
         stats = (
-            engine.EpochStats(**self.progress.partial)
+            engine.EpochStats.from_dict(self.progress.partial)
             if resuming and self.progress.partial
             else engine.EpochStats()
         )

@@ -284,7 +284,7 @@ def test_killed_conversion_resumes(cli, tmp_path):
         assert _digest(out / name) == stamp
     rows = _read_split(out, "validation")
     assert [r["file_path"] for r in rows] == [f"digits/validation/{i:08d}" for i in range(360)]
-    val = build_datasets("digits").val
+    val = build_datasets("digits", image_size=32).val
     for i in (0, 181, 359):
         image, label = val[i]
         assert rows[i]["label"] == int(label)
@@ -293,7 +293,7 @@ def test_killed_conversion_resumes(cli, tmp_path):
 
 
 def _convert_digits(out: Path, **opts) -> dict:
-    bundle = build_datasets("digits")
+    bundle = build_datasets("digits", image_size=32)
     options = convert_options(output=str(out), num_workers=0, progress=False, **opts)
     return convert(
         bundle,
@@ -311,7 +311,7 @@ def test_npz_layout(tmp_path, caplog):
     meta = _convert_digits(out, format="npz", split="validation", shard_size=100)
     files = sorted((out / "val").glob("*/*.npz"))
     assert len(files) == 360 and not (out / "train").exists()
-    val = build_datasets("digits").val
+    val = build_datasets("digits", image_size=32).val
     for i in (0, 7, 359):
         image, label = val[i]
         with np.load(out / "val" / str(int(label)) / f"{i}.npz") as npz:
@@ -368,7 +368,7 @@ def test_settings_must_match_the_existing_output(tmp_path):
     _convert_digits(out, split="validation")
     with pytest.raises(UserError, match="converted with ratio=0.1, this run has ratio=0.2"):
         convert(
-            build_datasets("digits"),
+            build_datasets("digits", image_size=32),
             options=convert_options(output=str(out), split="validation", progress=False),
             dataset_name="digits",
             dataset_root=None,

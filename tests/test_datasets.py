@@ -386,7 +386,7 @@ def test_i2e_convert_output_trains_as_a_preconverted_dataset(tmp_path, fmt):
     from i2e_train.data.export import convert
     from i2e_train.i2e import i2e_convert
 
-    digits = build_datasets("digits")
+    digits = build_datasets("digits", image_size=32)
     options = convert_options(output=str(tmp_path), format=fmt, num_workers=0, progress=False, shard_size=500)
     convert(
         digits,

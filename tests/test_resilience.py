@@ -19,6 +19,7 @@ from i2e_train import checkpoint
 
 # Long enough epochs that a signal sent after the first step checkpoint lands mid-run.
 RUN = (
+    "trainer.ema_decay=0.9",  # the EMA must resume exactly too
     "trainer.epochs=2",
     "trainer.batch_size=8",
     "trainer.limit_train_batches=8",
@@ -86,6 +87,9 @@ def _assert_same_final_state(a: Path, b: Path) -> None:
         assert torch.equal(value, cb["state_dict"][key]), f"weights differ at {key}"
     for idx, st in ca["optimizer"]["state"].items():
         assert torch.equal(st["momentum_buffer"], cb["optimizer"]["state"][idx]["momentum_buffer"])
+    assert ca["ema"]["updates"] == cb["ema"]["updates"] > 0
+    for key, value in ca["ema"]["state_dict"].items():
+        assert torch.equal(value, cb["ema"]["state_dict"][key]), f"EMA differs at {key}"
     assert _metrics(a) == _metrics(b)
 
 

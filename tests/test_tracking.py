@@ -382,3 +382,41 @@ def test_wandb_offline_config_metrics_summary_and_resume(tmp_path: Path, monkeyp
     quiet.log_summary(EVAL_REPORT)
     quiet.finish()
     assert list((tmp_path / "quiet").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_training_run_and_its_evaluation_reach_mlflow(tmp_path, monkeypatch) -> None:
+    """logger=mlflow wired through i2e-train and i2e-eval: the config, every metrics row and the eval report."""
+    from conftest import SMOKE, run_cli
+
+    store = tmp_path / "mlruns"
+    env = {"MLFLOW_TRACKING_URI": f"file:{store}"}
+    res = run_cli(
+        "train",
+        "run_dir=run",
+        *SMOKE,
+        "trainer.epochs=2",
+        "dataset.image_size=16",
+        "logger=mlflow",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert res.returncode == 0, res.output
+    ev = run_cli(
+        "evaluate",
+        "checkpoint=run/checkpoints/last.pt",
+        "trainer.device=cpu",
+        "trainer.limit_val_batches=2",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert ev.returncode == 0, ev.output
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"file:{store}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "i2e-train"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_top1")] == [1, 2]
+    assert run.data.params["trainer.epochs"] == "2"
+    assert "eval/last/top1" in run.data.metrics

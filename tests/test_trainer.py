@@ -231,3 +231,18 @@ def test_training_in_bf16_evaluates_in_fp32_by_default(tmp_path):
     assert trainer.parts.amp.dtype == torch.bfloat16 and trainer.eval_amp.dtype is None
     same = build_test_run(tmp_path / "b", *RUN, "trainer.precision=bf16", "trainer.eval_precision=auto")
     assert same.eval_amp.dtype == torch.bfloat16
+
+
+def test_warm_up_learning_rates_reach_metrics_jsonl(tmp_path):
+    run = (
+        *RUN,
+        "trainer.epochs=4",
+        "optim.lr=0.1",
+        "sched.lr_min=0",
+        "sched.warmup_epochs=2",
+        "sched.warmup_lr=0.01",
+    )
+    build_test_run(tmp_path, *run).fit()
+    lrs = [r["lr"] for r in rows(tmp_path)]
+    assert lrs[:2] == pytest.approx([0.01, 0.055])  # linear from warmup_lr towards optim.lr
+    assert lrs[2:] == pytest.approx([0.5 * 0.1 * (1 + math.cos(math.pi * e / 4)) for e in (2, 3)])

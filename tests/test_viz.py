@@ -91,7 +91,7 @@ def test_gif_frames_of_a_dataset_sample_and_of_stored_events(tmp_path):
         options=convert_options(output=str(out), split="validation", num_workers=0, progress=False),
         dataset_name="digits",
         dataset_root=None,
-        image_size=32,
+        image_size=16,
         ratio=0.10,
         order="gamma_alpha_beta",
     )

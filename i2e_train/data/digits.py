@@ -15,7 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from .registry import DataBundle, register
 
 
-def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def load_digits_uint8(image_size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """All digits as uint8 RGB ``[N, 3, S, S]`` and int64 labels ``[N]``."""
     from sklearn.datasets import load_digits
 
@@ -33,7 +33,7 @@ def load_digits_uint8(image_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]
 @register("digits")
 def build_digits(
     root: str | None = None,
-    image_size: int = 32,
+    image_size: int = 16,
     num_classes: int = 10,
     val_fraction: float = 0.2,
     split_seed: int = 0,

@@ -20,10 +20,10 @@ train: $(STAMP)  ## train the embedded default (scikit-learn digits); pass ARGS=
 test: $(STAMP)  ## lint + the fast tests (CPU)
 	$(BIN)/ruff check i2e_train tests scripts
 	$(BIN)/ruff format --check i2e_train tests scripts
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 2 $(PYTEST_ARGS)
 
 test-slow: $(STAMP)  ## the slow tests: real CLI runs, resume, DDP, fault injection
-	$(BIN)/python -m pytest -q -m slow $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -m slow -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check i2e_train tests scripts

@@ -291,8 +291,13 @@ def evaluate(
             # draws noise: seeded per batch, every evaluation of a checkpoint sees the same events.
             converter.manual_seed(mix_seed(0xE7A1, index))
         inputs, labels = move(batch, device)
+        events = to_events(inputs, converter, amp.dtype or torch.float32)
+        if amp.dtype is None and events.dtype != torch.float32:
+            # A converter built for half-precision training emits half events (0/1: exact in
+            # either); evaluation in fp32 runs without autocast, so the model needs fp32 input.
+            events = events.float()
         with amp.autocast():
-            logits = model(to_events(inputs, converter, amp.dtype or torch.float32)).float()
+            logits = model(events).float()
         functional.reset_net(model)
         topk = logits.topk(k, dim=1).indices
         hit = topk == labels[:, None]

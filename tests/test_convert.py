@@ -284,7 +284,7 @@ def test_killed_conversion_resumes(cli, tmp_path):
         assert _digest(out / name) == stamp
     rows = _read_split(out, "validation")
     assert [r["file_path"] for r in rows] == [f"digits/validation/{i:08d}" for i in range(360)]
-    val = build_datasets("digits", image_size=32).val
+    val = build_datasets("digits", image_size=16).val  # the config's size
     for i in (0, 181, 359):
         image, label = val[i]
         assert rows[i]["label"] == int(label)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -119,23 +120,16 @@ def test_every_config_group_ships_in_the_wheel_package_list():
 
 @pytest.mark.slow
 def test_non_editable_wheel_runs_and_composes_every_preset(tmp_path):
-    wheel_dir, target = tmp_path / "wheel", tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "wheel",
-            "--no-deps",
-            "--no-build-isolation",
-            "-q",
-            "-w",
-            str(wheel_dir),
-            str(ROOT),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    wheel_dir, target, source = tmp_path / "wheel", tmp_path / "site", tmp_path / "source"
+    # A copy of the project: building in place would leave build/ and *.egg-info in the checkout.
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "configs", "i2e_train"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / name, source / name)
+    pip_wheel = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w"]
+    subprocess.run([*pip_wheel, str(wheel_dir), str(source)], check=True, capture_output=True)
     (wheel,) = wheel_dir.glob("i2e_train-*.whl")
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],

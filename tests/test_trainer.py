@@ -227,8 +227,12 @@ def test_stored_event_counts_reach_the_model_exactly_under_bf16():
 
 
 def test_training_in_bf16_evaluates_in_fp32_by_default(tmp_path):
-    trainer = build_test_run(tmp_path, *RUN, "trainer.precision=bf16")
+    trainer = build_test_run(
+        tmp_path, *RUN, "trainer.precision=bf16", "trainer.epochs=1", "trainer.limit_train_batches=1"
+    )
     assert trainer.parts.amp.dtype == torch.bfloat16 and trainer.eval_amp.dtype is None
+    assert trainer.converter.dtype == torch.bfloat16  # half events in training, fp32 in evaluation
+    assert trainer.fit()["val_samples"] == 16
     same = build_test_run(tmp_path / "b", *RUN, "trainer.precision=bf16", "trainer.eval_precision=auto")
     assert same.eval_amp.dtype == torch.bfloat16
 
@@ -246,3 +250,19 @@ def test_warm_up_learning_rates_reach_metrics_jsonl(tmp_path):
     lrs = [r["lr"] for r in rows(tmp_path)]
     assert lrs[:2] == pytest.approx([0.01, 0.055])  # linear from warmup_lr towards optim.lr
     assert lrs[2:] == pytest.approx([0.5 * 0.1 * (1 + math.cos(math.pi * e / 4)) for e in (2, 3)])
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGUSR1"])
+def test_a_preemption_signal_becomes_a_flag_and_the_handler_is_restored(name):
+    import os
+    import signal
+
+    from i2e_train.signals import StopRequested
+
+    sig = getattr(signal, name)
+    before = signal.getsignal(sig)
+    with StopRequested() as stop:
+        assert not stop
+        os.kill(os.getpid(), sig)  # delivered to the main thread before kill() returns
+        assert stop and stop.signal_name == name
+    assert signal.getsignal(sig) == before

@@ -108,7 +108,9 @@ def test_factory_choices_and_option_errors() -> None:
         build_tracker("mlflow", project="x")
     with pytest.raises(UserError, match="logger.mode must be online, offline or disabled"):
         build_tracker("wandb", mode="sometimes")
-    tracker = tracker_from_config({"name": "mlflow", "tracking_uri": "file:mlruns-unused", "experiment_name": "e"})
+    tracker = tracker_from_config(
+        {"name": "mlflow", "tracking_uri": "file:mlruns-unused", "experiment_name": "e"}
+    )
     assert isinstance(tracker, MlflowTracker) and tracker.experiment_name == "e"
 
 

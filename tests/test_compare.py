@@ -16,20 +16,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import SMOKE, run_cli
 from PIL import Image
 
 from i2e_train import compare
 from i2e_train.compare import PANEL_SIZE, SINGLE_SIZE
 
+# Two epochs (a curve needs two points) of the CLI smoke settings, on 16x16 images.
 TINY = (
+    *(o for o in SMOKE if not o.startswith("trainer.epochs=")),
     "trainer.epochs=2",
-    "trainer.batch_size=8",
-    "trainer.limit_train_batches=2",
-    "trainer.limit_val_batches=2",
-    "trainer.progress=false",
-    "trainer.tensorboard=false",
-    "trainer.device=cpu",
     "trainer.firing_rate_batches=1",
     "dataset.image_size=16",
 )

@@ -90,8 +90,8 @@ def _digest(path: Path) -> tuple[int, str]:
     return path.stat().st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _convert_folder(root: Path, out: Path, **opts) -> dict:
-    bundle = build_datasets("image_folder", root=str(root), image_size=SIZE)
+def _convert_folder(root: Path, out: Path, skip_corrupt: bool = False, **opts) -> dict:
+    bundle = build_datasets("image_folder", root=str(root), image_size=SIZE, skip_corrupt=skip_corrupt)
     options = convert_options(output=str(out), num_workers=0, progress=False, **opts)
     return convert(
         bundle,
@@ -489,18 +489,8 @@ def test_cli_skip_corrupt_leaves_unreadable_images_out_and_lists_them(cli, tmp_p
 def test_npz_skip_corrupt_writes_no_file_for_an_unreadable_image(tmp_path):
     root = tmp_path / "photos"
     _tree_with_corrupt_images(root)
-    bundle = build_datasets("image_folder", root=str(root), image_size=SIZE, skip_corrupt=True)
     out = tmp_path / "old"
-    options = convert_options(output=str(out), format="npz", num_workers=0, progress=False, shard_size=4)
-    meta = convert(
-        bundle,
-        options=options,
-        dataset_name="image_folder",
-        dataset_root=str(root),
-        image_size=SIZE,
-        ratio=RATIO,
-        order="gamma_alpha_beta",
-    )
+    meta = _convert_folder(root, out, skip_corrupt=True, format="npz", shard_size=4)
     assert sorted(p.relative_to(out).as_posix() for p in out.glob("train/*/*.npz")) == [
         "train/0/0.npz",
         "train/0/2.npz",

@@ -378,7 +378,7 @@ class Check:
             from gpu_check_stages import SKIMAGE_NOTE, cuda_test_files  # stdlib-only at import
 
             xml = self.work / "tests.xml"
-            files = [f"tests/{p.name}" for p in cuda_test_files()]
+            files = [str(p.relative_to(REPO)) for p in cuda_test_files()]
             argv = [
                 self.python,
                 "-m",
@@ -423,7 +423,7 @@ class Check:
         argv = [
             self.python,
             "-m",
-            "i2e_train.bench",
+            "i2e_train.commands.bench",
             "--part",
             "conversion",
             "--device",
@@ -502,7 +502,7 @@ class Check:
             argv = [
                 self.python,
                 "-m",
-                "i2e_train.bench",
+                "i2e_train.commands.bench",
                 "--part",
                 "train",
                 "--device",

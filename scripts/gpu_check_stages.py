@@ -53,7 +53,7 @@ SKIMAGE_NOTE = "scikit-image is not installed: skimage.data photographs replaced
 # ----------------------------------------------------------------------------- selection (shared)
 def cuda_test_files(tests: Path = TESTS) -> list[Path]:
     """``tests/test_*.py`` files that hold CUDA tests (the others are not imported at all)."""
-    return [p for p in sorted(tests.glob("test_*.py")) if CUDA_FILE.search(p.read_text(encoding="utf-8"))]
+    return [p for p in sorted(tests.rglob("test_*.py")) if CUDA_FILE.search(p.read_text(encoding="utf-8"))]
 
 
 def is_cuda_test(marks: list[Any]) -> bool:
@@ -168,7 +168,7 @@ def stage_env(args: argparse.Namespace) -> int:
         modules[name] = entry
     info["modules"] = modules
     missing = []
-    for module in ("i2e_train.train", "i2e_train.bench", "i2e_train.builders"):
+    for module in ("i2e_train.train", "i2e_train.commands.bench", "i2e_train.training.builders"):
         try:
             importlib.import_module(module)
         except Exception as e:  # noqa: BLE001
@@ -190,7 +190,7 @@ def stage_env(args: argparse.Namespace) -> int:
         info["bf16_supported"] = torch.cuda.is_bf16_supported()
         info["cudnn"] = torch.backends.cudnn.version()
         with contextlib.suppress(Exception):
-            from i2e_train import i2e_triton
+            from i2e_train.events import i2e_triton
 
             info["i2e_triton_kernel"] = i2e_triton.is_available(torch.device("cuda"))
         with contextlib.suppress(Exception):
@@ -685,9 +685,9 @@ def stage_exactness(args: argparse.Namespace) -> int:
     tests check bit for bit against a NumPy transcription of the specification)."""
     import torch
 
-    from i2e_train import bench
-    from i2e_train.i2e import fixed_pairs, i2e_convert, i2e_pack
-    from i2e_train.i2e_triton import is_available
+    from i2e_train.commands import bench
+    from i2e_train.events.i2e import fixed_pairs, i2e_convert, i2e_pack
+    from i2e_train.events.i2e_triton import is_available
 
     device = torch.device(args.device)
     x = bench.random_images(args.batch, args.size, device)
@@ -731,8 +731,9 @@ def stage_syncs(args: argparse.Namespace) -> int:
     is one synchronizing CUDA call (with the Python line that made it)."""
     import torch
 
-    from i2e_train import cli, engine
-    from i2e_train.builders import build_run
+    from i2e_train.commands import cli
+    from i2e_train.training import engine
+    from i2e_train.training.builders import build_run
 
     cli.register_resolvers()
     device = torch.device(args.device)

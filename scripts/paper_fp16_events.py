@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from skimage import data
 from torchvision.transforms.v2 import functional as TF
 
-from i2e_train.i2e import fixed_pairs, i2e_convert
+from i2e_train.events.i2e import fixed_pairs, i2e_convert
 
 
 def paper_fp16_events(images_BCHW: torch.Tensor, ratio: float) -> torch.Tensor:

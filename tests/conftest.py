@@ -34,10 +34,16 @@ class CliResult:
         return self.stdout + self.stderr
 
 
+def command_module(name: str) -> str:
+    return f"i2e_train.{name}" if name in ("train", "evaluate") else f"i2e_train.commands.{name}"
+
+
 def run_cli(
     module: str, *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> CliResult:
-    """Run ``python -m i2e_train.<module> ARGS`` the way a user would (fresh process)."""
+    """Run a command the way a user would (fresh process): ``train`` and ``evaluate`` as
+    ``python -m i2e_train.<module>`` (the torchrun form), the others as ``python -m
+    i2e_train.commands.<module>``."""
     full_env = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
@@ -46,7 +52,7 @@ def run_cli(
     full_env.pop("HYDRA_FULL_ERROR", None)
     full_env.update(env or {})
     proc = subprocess.run(
-        [sys.executable, "-m", f"i2e_train.{module}", *args],
+        [sys.executable, "-m", command_module(module), *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,
@@ -78,7 +84,7 @@ def cli(tmp_path: Path):
 
 def compose(*overrides: str, config: str = "train"):
     """The config a command line composes (validated as the CLI does), e.g. ``compose("trainer.epochs=2")``."""
-    from i2e_train.cli import precheck, register_resolvers
+    from i2e_train.commands.cli import precheck, register_resolvers
 
     register_resolvers()
     return precheck(config, list(overrides))
@@ -86,7 +92,7 @@ def compose(*overrides: str, config: str = "train"):
 
 def build_test_run(run_dir: Path, *overrides: str):
     """A real training run (``builders.build_run``) with CPU smoke settings, in process."""
-    from i2e_train.builders import build_run
+    from i2e_train.training.builders import build_run
 
     return build_run(compose(*SMOKE, *overrides), run_dir)
 

@@ -185,7 +185,7 @@ AEDAT_HEADER = (
 
 def events_from_image(image_HW3: np.ndarray, ratio: float = 0.1) -> dict[str, np.ndarray]:
     """Plausible sensor events for a 128x128 view of a real image: its I2E events, in time order."""
-    from i2e_train.i2e import i2e_convert
+    from i2e_train.events.i2e import i2e_convert
 
     img = torch.from_numpy(np.array(Image.fromarray(image_HW3).resize((128, 128), Image.BILINEAR)))
     ev = i2e_convert(img.permute(2, 0, 1)[None], ratio=ratio)[:, 0]  # [T, 2, H, W]
@@ -236,7 +236,7 @@ def write_cifar10_dvs(
 def digit_events(count: int, size: int = 32, ratio: float = 0.10) -> tuple[torch.Tensor, np.ndarray]:
     """Real digits converted by I2E: events ``[N, 8, 2, size, size]`` (bool) and labels."""
     from i2e_train.data.digits import load_digits_uint8
-    from i2e_train.i2e import i2e_convert
+    from i2e_train.events.i2e import i2e_convert
 
     images, labels = load_digits_uint8(size)
     ev = i2e_convert(images[:count], ratio=ratio, dtype=torch.bool)  # [T, N, 2, H, W]

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torchvision.transforms import InterpolationMode, v2
 
-from .sampler import mix_seed
+from ..seeding import mix_seed
 
 AUGMENTS = ("baseline1", "baseline2", "none", "device")
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC}

@@ -52,6 +52,6 @@ def _write() -> None:
     (out_dir / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(counts))
 
 
-from i2e_train.train import main  # noqa: E402 - after the patch
+from i2e_train.commands.train import main  # noqa: E402 - after the patch
 
 main()

@@ -52,7 +52,7 @@ SKIMAGE_NOTE = "scikit-image is not installed: skimage.data photographs replaced
 
 # ----------------------------------------------------------------------------- selection (shared)
 def cuda_test_files(tests: Path = TESTS) -> list[Path]:
-    """``tests/test_*.py`` files that hold CUDA tests (the others are not imported at all)."""
+    """``tests/**/test_*.py`` files that hold CUDA tests (the others are not imported at all)."""
     return [p for p in sorted(tests.rglob("test_*.py")) if CUDA_FILE.search(p.read_text(encoding="utf-8"))]
 
 
@@ -585,8 +585,11 @@ def stage_tests(args: argparse.Namespace) -> int:
     if args.files:
         files = [f for f in files if f.name in args.files.split(",")]
     for path in files:
-        entry = {"file": f"{tests.name}/{path.name}", "status": "imported"}
+        rel = path.relative_to(tests.parent).as_posix()
+        entry = {"file": rel, "status": "imported"}
         modules.append(entry)
+        if str(path.parent) not in sys.path:
+            sys.path.insert(0, str(path.parent))
         try:
             module = importlib.import_module(path.stem)
         except Skipped as e:
@@ -610,7 +613,7 @@ def stage_tests(args: argparse.Namespace) -> int:
                 wanted = is_cuda_test(all_marks) != (args.select == "cpu")
                 if not wanted or (args.select == "cpu" and any(m.name == "slow" for m in all_marks)):
                     continue
-                nodeid = f"{tests.name}/{path.name}::{name}{cid}"
+                nodeid = f"{rel}::{name}{cid}"
                 needs_cuda = args.select == "cuda"
                 results.append(
                     _run_one(nodeid, func, params, all_marks, cuda or not needs_cuda, args.dry_run)

@@ -31,7 +31,7 @@ def _config_dir() -> Path:
 
     # A checkout imported directly (PYTHONPATH) next to another one installed in editable mode would
     # otherwise get the installed checkout's configs with its own code.
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file() and (checkout / "configs" / "train.yaml").is_file():
         return checkout / "configs"
     spec = importlib.util.find_spec("i2e_train.configs")

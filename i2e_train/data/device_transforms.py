@@ -22,7 +22,7 @@ Presets (the paper's CPU pipelines, docs/recipes.md):
 * ``baseline2``: pad 4 (edge) -> random crop back to the stored size -> resize -> horizontal flip.
 * ``baseline1``: resize -> horizontal flip.
 
-Equivalence (tests/test_device_transforms.py): with the same crop offsets and flip decisions the
+Equivalence (tests/unit/test_device_transforms.py): with the same crop offsets and flip decisions the
 output equals torchvision's ``pad(padding_mode="edge")``, ``crop``, ``resize(antialias=True)``
 and ``hflip`` applied image by image to uint8 tensors on the same device — exactly. Against
 torchvision on PIL images (the usual CPU pipeline) the resize differs by at most 1 grey level,

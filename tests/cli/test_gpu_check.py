@@ -439,8 +439,8 @@ def test_dry_run_of_the_tests_stage_with_pytest(tmp_path) -> None:
     assert tests["runner"] == "pytest"
     names = {t["nodeid"] for t in tests["tests"]}
     # -m gpu plus the plugin: the marked tests and those skipped where CUDA is missing
-    assert "tests/test_i2e.py::test_cuda_uint8_is_todtype_and_threshold_scale" in names
-    assert "tests/test_speed.py::test_cuda_bf16_runs_a_fused_lif_kernel[cast]" in names
+    assert "tests/unit/test_i2e.py::test_cuda_uint8_is_todtype_and_threshold_scale" in names
+    assert "tests/unit/test_speed.py::test_cuda_bf16_runs_a_fused_lif_kernel[cast]" in names
     assert len(names) >= 13 and all(t["outcome"] == "skipped" for t in tests["tests"])
 
 

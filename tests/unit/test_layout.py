@@ -173,7 +173,7 @@ def test_non_editable_wheel_runs_and_composes_every_preset(tmp_path):
     )
     presets = sorted(p.stem for p in (ROOT / "configs" / "experiment").glob("*.yaml"))
     code = (
-        "import sys; from i2e_train import cli; from i2e_train.cli import precheck;"
+        "import sys; from i2e_train.commands import cli; from i2e_train.commands.cli import precheck;"
         "assert 'site' in str(cli.CONFIG_DIR), cli.CONFIG_DIR; cli.register_resolvers();"
         "[precheck('train', ['experiment=' + p, 'dataset.root=/data', 'init_from=x.pt']) for p in sys.argv[1:]];"
         "print(cli.CONFIG_DIR)"

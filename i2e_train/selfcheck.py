@@ -210,7 +210,9 @@ def check_event_augment(augment: Any, events: Tensor) -> CheckResult:
             extra = int(((dropped > kept) | (dropped < 0) | (dropped != dropped.round())).sum())
     except Exception as e:  # noqa: BLE001 - any failure of the device path sends us to the CPU
         augment.run_on = cpu
-        return CheckResult("event_augment", "error", f"the augmentation raised {type(e).__name__}: {e}", "cpu")
+        return CheckResult(
+            "event_augment", "error", f"the augmentation raised {type(e).__name__}: {e}", "cpu"
+        )
     if differ or extra:
         augment.run_on = cpu
         detail = f"{differ} permuted entries differ from the CPU, {extra} drop results are not thinnings, on {where}"

@@ -163,7 +163,11 @@ def test_fp16_steps_with_a_fused_optimizer_and_reads_the_host_once(tmp_path) -> 
     GradScaler hands it ``found_inf`` on the device. Still Nesterov, still no weight decay on 1-D
     parameters; clipping (GradScaler.unscale_ first) adds no read either."""
     trainer = build_test_run(
-        tmp_path / "run", *RUN, "trainer.precision=fp16", "trainer.clip_grad_norm=1.0", "optim.weight_decay=1e-4"
+        tmp_path / "run",
+        *RUN,
+        "trainer.precision=fp16",
+        "trainer.clip_grad_norm=1.0",
+        "optim.weight_decay=1e-4",
     )
     opt = trainer.parts.optimizer
     assert trainer.parts.scaler is not None and opt._step_supports_amp_scaling

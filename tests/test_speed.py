@@ -191,9 +191,13 @@ def test_auto_defaults_resolve_per_device() -> None:
     assert resolve_amp("bf16", CUDA).dtype == torch.bfloat16 and resolve_amp("fp32", CUDA).dtype is None
     assert speed.resolve_channels_last("auto", CUDA) is True
     assert speed.resolve_channels_last("auto", CPU) is False
-    assert speed.resolve_channels_last(False, CUDA) is False and speed.resolve_channels_last(True, CPU) is True
+    assert (
+        speed.resolve_channels_last(False, CUDA) is False and speed.resolve_channels_last(True, CPU) is True
+    )
     triton = speed.importlib.util.find_spec("triton") is not None
-    assert speed.resolve_neuron_precision("auto", CUDA, torch.float16) == ("spikingjelly" if triton else "cast")
+    assert speed.resolve_neuron_precision("auto", CUDA, torch.float16) == (
+        "spikingjelly" if triton else "cast"
+    )
     assert speed.resolve_neuron_precision("auto", CPU, None) == "none"
 
 

@@ -91,6 +91,11 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float = 3
     )
 
 
+def backend() -> str | None:
+    """The process group's backend (nccl, gloo), or None outside one."""
+    return str(dist.get_backend()) if is_distributed() else None
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -241,9 +241,9 @@ CANDIDATES = tuple(
     KernelConfig(blk, w, p) for blk, w in ((512, 4), (1024, 4), (1024, 8), (2048, 8)) for p in (1, 2)
 )
 # A fixed configuration per size class (pixels per image, upper bound): no autotuning, so a new
-# batch size or dtype costs at most one compilation (about a second) and never a tuning sweep, which
-# stalled the first call of every new shape for many seconds on an H200 (8 configs compiled and
-# timed per batch size and dtype). Chosen by the kernel's design, not yet by a timed sweep: blocks
+# batch size or dtype costs at most one compilation (about a second) and never a tuning sweep (the
+# autotuner compiled and timed 8 configs for every new batch size and dtype: the likely cause of a
+# CUDA test that sat for minutes on an H200). Chosen by the kernel's design, not yet by a timed sweep: blocks
 # that cover a small image in one or two passes; for large images one program per SM, whose
 # scratch (132 SMs x 224 x 224 x 4 bytes = 26 MB) stays inside the H200's 50 MB L2, where two per
 # SM would not.

@@ -101,7 +101,7 @@ def checked_collectives(mode: Placement, device: torch.device) -> Iterator[colle
 def test_every_collective_of_a_run_gets_tensors_placed_on_the_process_device(tmp_path) -> None:
     cfg = compose(
         "trainer.device=cpu",
-        "trainer.epochs=2",
+        "trainer.epochs=1",
         "trainer.batch_size=8",
         "trainer.limit_train_batches=2",
         "trainer.limit_val_batches=2",
@@ -123,8 +123,8 @@ def test_every_collective_of_a_run_gets_tensors_placed_on_the_process_device(tmp
             trainer.fit()
     misplaced = {k: v for k, v in counts.items() if k.startswith("misplaced in")}
     assert counts["misplaced"] == 0, misplaced
-    # The step's flags (4 steps), the epoch sums, evaluation, firing rates, buffer broadcast, stop flag.
-    assert counts["all_reduce"] >= 4 + 2 * 4 and counts["broadcast"] >= 2, counts
+    # The step's flags (2 steps), the epoch sums, evaluation (2), firing rates, stop flag; the buffers.
+    assert counts["all_reduce"] >= 2 + 4 and counts["broadcast"] >= 1, counts
     assert (tmp_path / "checkpoints" / "last.pt").exists()
 
 

@@ -161,7 +161,7 @@ class TrainerOptions:
     firing_rate_batches: int
     self_check: str
     neuron_precision: str
-    channels_last: bool
+    channels_last: bool | str
     cudnn_benchmark: bool
     compile: bool
     memopt: int
@@ -182,6 +182,8 @@ class TrainerOptions:
         _choice(p + "eval_precision", self.eval_precision, EVAL_PRECISIONS)
         _choice(p + "neuron_precision", self.neuron_precision, NEURON_PRECISION)
         _choice(p + "self_check", self.self_check, SELF_CHECKS)
+        if self.channels_last not in (True, False, "auto"):
+            raise UserError(f"trainer.channels_last must be auto, true or false, got {self.channels_last!r}")
         if self.memopt not in MEMOPT_LEVELS:
             raise UserError(f"trainer.memopt must be 0 (off) or 1 (checkpointing), got {self.memopt}")
         if self.device_augment is not None and self.device_augment not in DEVICE_AUGMENTS:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A GPU proof in one command (see scripts/gpu_check.py for the stages):
 #
-#   bash scripts/gpu_check.sh --wheels WHEEL_DIR --out RESULTS_DIR     # one CUDA GPU, under 8 minutes
+#   bash scripts/gpu_check.sh --wheels WHEEL_DIR --out RESULTS_DIR     # one CUDA GPU, under 7 minutes
 #   bash scripts/gpu_check.sh --out RESULTS_DIR --dry-run              # every stage, tiny, on the CPU
 #
 # Needs only a python3 with PyTorch (PYTHON=... picks another); the project's pure-Python

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,32 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    """``I2E_TEST_TIMEOUT=S``: a test still running after S seconds fails with a message naming the
+    limit (the GPU proof's per-test limit where pytest-timeout is not installed; with it, its
+    ``--timeout`` is used instead). A signal lands between Python bytecodes, so a test stuck inside one
+    long C call is cut when that call returns (as with pytest-timeout's signal method)."""
+    limit = float(os.environ.get("I2E_TEST_TIMEOUT") or 0)
+    if (
+        limit <= 0
+        or not hasattr(signal, "SIGALRM")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return (yield)
+
+    def expire(_signum: int, _frame: object) -> None:
+        pytest.fail(f"ran over its {limit:g} s limit (I2E_TEST_TIMEOUT)", pytrace=True)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        return (yield)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass

@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> None:
             classes,
             "stored events" if converter is None else f"I2E ratio {converter.ratio}",
             dist.device,
-            f" x{dist.world_size}" if dist.distributed else "",
+            f" x{dist.world_size} (process group: {distributed.backend()})" if dist.distributed else "",
             trainer.parts.amp.dtype or "fp32",
             trainer.eval_amp.dtype or "fp32",
         )

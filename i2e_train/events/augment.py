@@ -31,7 +31,9 @@ Randomness: the per-sample parameters are drawn from the augmenter's own CPU ``t
 so a resumed run draws the same augmentation); the drop's per-entry draws are made on the events'
 device by a generator seeded from a sub-seed of the CPU generator. :meth:`EventAugment.sample` and
 :meth:`EventAugment.apply` separate drawing from applying (the tests compare against NumPy with the
-drawn parameters).
+drawn parameters). The drop's draws differ between devices (different random-number algorithms);
+the permutations are the same everywhere, which the first CUDA batch checks
+(:mod:`i2e_train.selfcheck`).
 """
 
 from __future__ import annotations
@@ -96,6 +98,9 @@ class EventAugment(SeededDraws):
         self.polarity_swap_prob = _check_prob("polarity_swap_prob", polarity_swap_prob)
         self.time_reverse_prob = _check_prob("time_reverse_prob", time_reverse_prob)
         self.drop_rate = _check_prob("drop_rate", drop_rate)
+        # None: augment on the events' own device. A device: augment there and return the result to
+        # the events' device (the first-batch self-check's fallback when a device disagrees with the CPU).
+        self.run_on: torch.device | None = None
         self._init_draws(seed)
 
     @property
@@ -129,11 +134,17 @@ class EventAugment(SeededDraws):
         check_events(events, "EventAugment")
         if not self.enabled:
             return events
-        steps, batch, _, height, width = events.shape
+        batch = events.shape[1]
         if params.flip.shape != (batch,) or params.shift.shape != (batch, 2):
             raise ValueError(
                 f"augmentation parameters for {params.flip.shape[0]} samples, events have {batch}"
             )
+        if self.run_on is not None and events.device != self.run_on:
+            return self._apply(events.to(self.run_on), params).to(events.device)
+        return self._apply(events, params)
+
+    def _apply(self, events: Tensor, params: EventAugmentParams) -> Tensor:
+        steps, batch, _, height, width = events.shape
         device = events.device
         out = events
         if self.permutes:

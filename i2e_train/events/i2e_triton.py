@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -124,7 +125,6 @@ def _define_kernel(tl):
         PACKED: tl.constexpr,
         OUT_FLOAT: tl.constexpr,
         BLOCK: tl.constexpr,
-        PROGRAMS_PER_SM: tl.constexpr,  # only sizes the grid (autotuned with BLOCK)
     ):
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
@@ -225,22 +225,47 @@ def _define_kernel(tl):
     return i2e_kernel
 
 
-# Autotuning candidates on CUDA (BLOCK, warps, programs per SM), measured once per shape and
-# dtype on first use. One program per SM keeps the scratch slots (4 bytes/pixel each) in L2;
-# two hide more latency.
-_CUDA_CONFIGS = tuple((blk, w, p) for blk, w in ((512, 4), (1024, 4), (1024, 8), (2048, 8)) for p in (1, 2))
-_MAX_PROGRAMS_PER_SM = 2
+@dataclass(frozen=True)
+class KernelConfig:
+    """How the kernel is launched on CUDA: pixels per block, warps, persistent programs per SM."""
+
+    block: int
+    warps: int
+    programs_per_sm: int
+
+
+# The launch configurations worth trying (BLOCK, warps, programs per SM). One program per SM keeps
+# the scratch slots (4 bytes/pixel each) in L2; two hide more latency. scripts/gpu_check_stages.py
+# (``configs``) times every one at each size class on a GPU.
+CANDIDATES = tuple(
+    KernelConfig(blk, w, p) for blk, w in ((512, 4), (1024, 4), (1024, 8), (2048, 8)) for p in (1, 2)
+)
+# A fixed configuration per size class (pixels per image, upper bound): no autotuning, so a new
+# batch size or dtype costs at most one compilation (about a second) and never a tuning sweep (the
+# autotuner compiled and timed 8 configs for every new batch size and dtype: the likely cause of a
+# CUDA test that sat for minutes on an H200). Chosen by the kernel's design, not yet by a timed sweep: blocks
+# that cover a small image in one or two passes; for large images one program per SM, whose
+# scratch (132 SMs x 224 x 224 x 4 bytes = 26 MB) stays inside the H200's 50 MB L2, where two per
+# SM would not.
+SIZE_CLASSES: tuple[tuple[int, KernelConfig], ...] = (
+    (64 * 64, KernelConfig(512, 4, 2)),
+    (128 * 128, KernelConfig(1024, 4, 2)),
+    (2**62, KernelConfig(2048, 8, 1)),
+)
+
+
+def kernel_config(height: int, width: int) -> KernelConfig:
+    """The launch configuration of an image size (its size class): the same for every batch size."""
+    pixels = height * width
+    return next(config for bound, config in SIZE_CLASSES if pixels <= bound)
 
 
 @functools.cache
 def _cuda_kernel():
     triton, tl = _triton()
-    kernel = triton.jit(_define_kernel(tl), do_not_specialize=["pair_code"])
-    configs = [
-        triton.Config({"BLOCK": blk, "PROGRAMS_PER_SM": per_sm}, num_warps=w)
-        for blk, w, per_sm in _CUDA_CONFIGS
-    ]
-    return triton.autotune(configs, key=["B", "H", "W", "split"])(kernel)
+    # Not specialised on the batch size and the band split: the last, smaller batch of an epoch (or
+    # a new split) reuses the compiled kernel. H, W and the strides stay specialised (alignment).
+    return triton.jit(_define_kernel(tl), do_not_specialize=["pair_code", "B", "split", "band_rows"])
 
 
 @functools.cache
@@ -273,13 +298,15 @@ def convert(
     programs: int | None = None,
     bands: int | None = None,
     block: int = 256,
+    config: KernelConfig | None = None,
 ) -> Tensor:
     """Events of ``images`` [B,3,H,W] with the given pairs (8 shared, or ``[8, B, 2]`` per sample).
 
     Inputs are assumed validated by :func:`i2e_train.i2e.i2e_convert` (the public entry point).
     ``packed`` returns ``[B, 2*H*W]`` uint8 (needs ``H*W % 8 == 0``). ``programs``/``bands``/
-    ``block`` fix the launch shape (tests use them to cover every code path); by default CUDA
-    autotunes the block size and programs per SM, and the interpreter uses ``block``.
+    ``block`` fix the launch shape (tests use them to cover every code path); ``config`` another
+    CUDA launch configuration (the timed sweep). By default CUDA uses the image size's
+    :func:`kernel_config`, and the interpreter ``block``.
     """
     batch, _, height, width = images.shape
     device = images.device
@@ -315,17 +342,16 @@ def convert(
     if packed and split > 1 and (band_rows * width) % 8:
         raise ValueError("packed bands must start on a byte boundary")
     items = batch * split
-    if programs is not None:
-        max_programs = min(programs, items)
-        grid: object = (max_programs,)
-    elif device.type == "cuda":
-        sms = _sm_count(device)
-        max_programs = min(items, _MAX_PROGRAMS_PER_SM * sms)
-        grid = lambda meta: (min(items, meta["PROGRAMS_PER_SM"] * sms),)  # noqa: E731
-    else:
-        max_programs = min(items, 3)  # the interpreter runs programs one by one; 3 exercises the loop
-        grid = (max_programs,)
-    scratch = torch.empty((max_programs, height, width), dtype=torch.float32, device=device)
+    if config is None:
+        if device.type == "cuda" and programs is None:
+            config = kernel_config(height, width)
+        else:  # the interpreter, or a launch shape fixed by the caller
+            config = KernelConfig(block, 4, 1)
+    if programs is None:
+        # On the CPU the interpreter runs programs one by one; 3 exercises the persistent loop.
+        programs = config.programs_per_sm * _sm_count(device) if device.type == "cuda" else 3
+    programs = min(programs, items)
+    scratch = torch.empty((programs, height, width), dtype=torch.float32, device=device)
     # bool is stored as bytes 0/1; the kernel writes through a uint8 view.
     target = out.view(torch.uint8) if out.dtype == torch.bool else out
     args = (
@@ -352,12 +378,9 @@ def convert(
     if device.type == "cuda":
         with torch.cuda.device(device):
             # No FMA contraction, ever: the spec is one float32 subtraction and one product.
-            if programs is None:
-                _cuda_kernel()[grid](*args, **flags, enable_fp_fusion=False)
-            else:  # a fixed launch shape (tests): no autotuning
-                _cuda_kernel().fn[grid](
-                    *args, **flags, BLOCK=block, PROGRAMS_PER_SM=1, num_warps=4, enable_fp_fusion=False
-                )
+            _cuda_kernel()[(programs,)](
+                *args, **flags, BLOCK=config.block, num_warps=config.warps, enable_fp_fusion=False
+            )
     else:
-        _interpreted_kernel()[grid](*args, **flags, BLOCK=block, PROGRAMS_PER_SM=1)
+        _interpreted_kernel()[(programs,)](*args, **flags, BLOCK=config.block)
     return out

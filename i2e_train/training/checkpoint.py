@@ -235,6 +235,20 @@ def training_state(
     }
 
 
+# How an optimizer computes (its implementation), not what it has learnt: a resumed run keeps the
+# choice it was built with (e.g. fused under fp16 loss scaling; a checkpoint of a CPU fp32 run holds
+# foreach/fused settings that do not fit a CUDA fp16 run, whose GradScaler relies on fused).
+_IMPLEMENTATION_KEYS = ("fused", "foreach", "capturable", "differentiable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """``optimizer.load_state_dict(state)`` that keeps the optimizer's own implementation flags."""
+    flags = [{k: g[k] for k in _IMPLEMENTATION_KEYS if k in g} for g in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, kept in zip(optimizer.param_groups, flags, strict=True):
+        group.update(kept)
+
+
 def restore_training_state(
     ckpt: dict[str, Any], path: Path, objects: TrainingObjects, world_size: int
 ) -> tuple[Progress, list[str]]:
@@ -254,7 +268,7 @@ def restore_training_state(
     load_weights(objects.model, path)
     configured = objects.scheduler.state_dict()
     try:
-        objects.optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(objects.optimizer, ckpt["optimizer"])
         objects.scheduler.load_state_dict(ckpt["scheduler"])
     except (ValueError, KeyError) as e:
         raise CheckpointError(

@@ -1,7 +1,10 @@
 """Everything that touches ``torch.distributed``. Works unchanged in a single process.
 
-Under ``torchrun`` the process group is created from the environment (NCCL on CUDA, gloo on CPU);
-without it every helper here degrades to the single-process answer.
+Under ``torchrun`` the process group is created from the environment (NCCL on CUDA, gloo on CPU),
+also for a single process (``--nproc_per_node=1``): then DDP, SyncBatchNorm and every collective
+of the step, evaluation and checkpointing run exactly as with many processes, which is how one GPU
+exercises the multi-GPU code. Without torchrun every helper here degrades to the single-process
+answer. Tensors handed to a collective live on the process's device (NCCL refuses CPU tensors).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ class DistInfo:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    process_group: bool = False  # joined a torch.distributed process group (launched by torchrun)
 
     @property
     def is_main(self) -> bool:
@@ -34,7 +38,9 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """The multi-process code path (DDP, SyncBatchNorm, collectives): under torchrun, whatever the
+        number of processes."""
+        return self.process_group or self.world_size > 1
 
 
 def launched_by_torchrun() -> bool:
@@ -47,8 +53,9 @@ def env_rank() -> int:
 
 
 def init_distributed(device_preference: str = "auto", timeout_minutes: float = 30.0) -> DistInfo:
-    """Join the torchrun process group if launched by torchrun, else return a single-process DistInfo."""
-    if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
+    """Join the torchrun process group if launched by torchrun (one process too), else return a
+    single-process DistInfo."""
+    if not launched_by_torchrun():
         return DistInfo(device=resolve_device(device_preference))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -61,7 +68,14 @@ def init_distributed(device_preference: str = "auto", timeout_minutes: float = 3
             timeout=datetime.timedelta(minutes=timeout_minutes),
             device_id=device if device.type == "cuda" else None,
         )
-    return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return DistInfo(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=device, process_group=True
+    )
+
+
+def backend() -> str | None:
+    """The process group's backend (nccl, gloo), or None outside one."""
+    return str(dist.get_backend()) if is_distributed() else None
 
 
 def cleanup() -> None:
@@ -104,7 +118,8 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    """Whether this process is in a process group (its collectives are real, even for one process)."""
+    return dist.is_available() and dist.is_initialized()
 
 
 def step_flags(
@@ -149,7 +164,7 @@ def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
     DDP syncs buffers only at the start of a training forward, so after the last step each rank
     holds slightly different statistics; evaluation must use the ones the checkpoint stores.
     """
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if is_distributed():
         for buf in model.buffers():
             dist.broadcast(buf, src=src)
 

@@ -9,11 +9,16 @@ architecture) is where a wrong kernel would show. So on the first training batch
 * ``neuron_precision``: the LIF configured by SpikingJelly's precision API (half-precision input,
   float32 state) is compared with the plain float32 LIF on the same input: the spikes must agree
   on all but :data:`LIF_TOLERANCE` of the entries (fused kernels may round a membrane potential
-  that sits exactly at the threshold differently).
+  that sits exactly at the threshold differently);
+* ``event_augment``: event-domain augmentation (``event_augment.*``) of a few samples of this batch
+  on the device against the same parameters on the CPU: the flips, shifts, polarity swaps and time
+  reversals must be equal; the drop (whose random numbers differ between devices) may only remove
+  whole events of what the permutation kept.
 
 On an exception or a mismatch the run warns once, names what failed, switches to the safe path
-(the torch converter; the fp32 input cast of the LIF) and records it in ``metrics.jsonl``. The cost
-is one extra conversion of the batch and one extra LIF pass on a small tensor, once per run.
+(the torch converter; the fp32 input cast of the LIF; event augmentation on the CPU) and records it
+in ``metrics.jsonl``. The cost is one extra conversion of the batch, one extra LIF pass on a small
+tensor and the augmentation of a few samples twice, once per run.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from torch import Tensor, nn
 from ..monitor import log
 
 LIF_TOLERANCE = 1e-3  # largest fraction of differing spikes between the precision API's LIF and fp32
+SAMPLES = 4  # samples of the first batch whose event augmentation is compared with the CPU
 
 
 @dataclass
@@ -48,10 +54,15 @@ def should_run(mode: str, device: torch.device) -> bool:
 
 
 def run_checks(
-    model: nn.Module, converter: nn.Module | None, images: Tensor, amp_dtype: torch.dtype | None
+    model: nn.Module,
+    converter: nn.Module | None,
+    images: Tensor,
+    amp_dtype: torch.dtype | None,
+    events_transform: Any = None,
 ) -> list[CheckResult]:
     """Check the fast paths this run uses on its first batch ``images`` (on the training device);
-    switch a failing one to its safe path. Returns what was checked."""
+    switch a failing one to its safe path. Returns what was checked. (Draws consumed here do not
+    change the run: the step reseeds every random part.)"""
     results = []
     i2e = getattr(converter, "i2e", converter)  # a sensor-wrapped converter checks its I2E
     if i2e is not None and images.dtype in (torch.uint8,) + _FLOATS:
@@ -61,6 +72,13 @@ def run_checks(
     result = check_neuron_precision(model, amp_dtype)
     if result is not None:
         results.append(result)
+    augment = find_event_augment(events_transform)
+    if augment is not None:
+        from .engine import to_events
+
+        with torch.no_grad():
+            events = to_events(images[:SAMPLES], converter, amp_dtype or torch.float32)
+        results.append(check_event_augment(augment, events))
     for r in results:
         if r.status != "passed":
             log.warning(
@@ -159,3 +177,44 @@ def _fall_back_to_cast(model: nn.Module) -> None:
         node._neuron_precision = None
     if nodes and not nodes[0]._forward_pre_hooks:
         neuron_input_fp32(model)
+
+
+def find_event_augment(events_transform: Any) -> Any:
+    """The :class:`~i2e_train.event_augment.EventAugment` of the run's events transform (alone or
+    in a chain), or None."""
+    from ..events.augment import EventAugment
+
+    for part in (events_transform, *getattr(events_transform, "transforms", ())):
+        if isinstance(part, EventAugment) and part.enabled:
+            return part
+    return None
+
+
+def check_event_augment(augment: Any, events: Tensor) -> CheckResult:
+    """Event augmentation of ``events [T, k, 2, H, W]`` on their device against the CPU with the same
+    draws; on a failure the augmentation runs on the CPU for the rest of the run."""
+    from ..events.augment import EventAugment
+
+    cpu = torch.device("cpu")
+    where = f"{events.shape[1]} samples of {events.shape[-2]}x{events.shape[-1]} on {events.device.type}"
+    try:
+        params = augment.sample(events.shape[1])
+        permute = EventAugment(**{**augment.settings(), "drop_rate": 0.0})
+        got = permute.apply(events, params).cpu()
+        want = permute.apply(events.cpu(), params)
+        differ = int((got != want).sum())
+        extra = 0
+        if augment.drop_rate > 0:
+            dropped = augment.apply(events, params).cpu().float()
+            kept = want.float()
+            extra = int(((dropped > kept) | (dropped < 0) | (dropped != dropped.round())).sum())
+    except Exception as e:  # noqa: BLE001 - any failure of the device path sends us to the CPU
+        augment.run_on = cpu
+        return CheckResult(
+            "event_augment", "error", f"the augmentation raised {type(e).__name__}: {e}", "cpu"
+        )
+    if differ or extra:
+        augment.run_on = cpu
+        detail = f"{differ} permuted entries differ from the CPU, {extra} drop results are not thinnings, on {where}"
+        return CheckResult("event_augment", "mismatch", detail, "cpu")
+    return CheckResult("event_augment", "passed", f"equals the CPU on {where} (drop: thinnings only)")

@@ -103,6 +103,14 @@ def prepare_model(
     return method
 
 
+def resolve_channels_last(value: bool | str, device: torch.device) -> bool:
+    """``trainer.channels_last``: ``auto`` is on for CUDA (NHWC convolutions on tensor cores: 2.1x
+    the training step on an H200, docs/benchmarks.md) and off elsewhere (no gain measured on CPUs)."""
+    if value == "auto":
+        return device.type == "cuda"
+    return bool(value)
+
+
 def configure_backends(device: torch.device, cudnn_benchmark: bool) -> None:
     """cuDNN autotuning: input shapes are fixed in training, so the search pays for itself."""
     if device.type == "cuda":
@@ -143,7 +151,7 @@ def prepare_for_training(
         info.device,
         amp_dtype,
         neuron_precision=options.neuron_precision,
-        channels_last=options.channels_last,
+        channels_last=resolve_channels_last(options.channels_last, info.device),
     )
     blocks = 0
     if options.memopt:
@@ -316,7 +324,7 @@ def log_settings(parts: Any, options: TrainerOptions, device: torch.device) -> N
         "LIF kernel: %s | channels_last %s, compile %s, cudnn.benchmark %s, memopt %d, device augment %s, "
         "I2E backend %s, threads %d",
         kernel,
-        options.channels_last,
+        resolve_channels_last(options.channels_last, device),
         options.compile,
         options.cudnn_benchmark and device.type == "cuda",
         options.memopt,

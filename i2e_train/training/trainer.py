@@ -289,5 +289,7 @@ class Trainer:
         self._first_step_done = True
         if selfcheck.should_run(self.opt.self_check, self.device):
             images = micro_batches[0][0].to(self.device)
-            self.self_checks = selfcheck.run_checks(self.model, self.converter, images, self.parts.amp.dtype)
+            self.self_checks = selfcheck.run_checks(
+                self.model, self.converter, images, self.parts.amp.dtype, self.parts.events_transform
+            )
         return speed.spikingjelly_log(speed.log_selection)

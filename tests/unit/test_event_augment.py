@@ -209,14 +209,37 @@ def test_presets_match_the_constructor() -> None:
     assert "i2e_train.configs.event_augment" in (ROOT / "pyproject.toml").read_text()
 
 
-@pytest.mark.gpu
-def test_cuda_matches_cpu() -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_on_a_device_equals_the_cpu_and_drops_at_its_rate(device: str) -> None:
+    """The permutations on ``device`` equal the CPU's; the drop thins what they kept at its rate.
+
+    The rate is measured against the events left after the translation: ``translate_mode="zero"``
+    moves events out of the frame before the drop (here ~26% of them). A CUDA-only version of this
+    test divided by the events before it, so it failed on every device, yet only ever ran on GPUs;
+    running it on the CPU too keeps such a mistake from hiding behind a device."""
     events = count_frames(batch=16)
     aug = EventAugment(**ALL, translate_mode="zero", drop_rate=0.3)
     params = aug.sample(16)
     permuted = EventAugment(**ALL, translate_mode="zero")
-    assert torch.equal(permuted.apply(events.cuda(), params).cpu(), permuted.apply(events, params))
-    out = aug.apply(events.cuda(), params)
-    assert out.device.type == "cuda" and (out.cpu() <= permuted.apply(events, params)).all()
-    n = int(events.sum())
-    assert abs(int(out.sum()) / n - 0.7) < 5 * math.sqrt(0.21 / n)
+    expected = permuted.apply(events, params)
+    assert torch.equal(permuted.apply(events.to(device), params).cpu(), expected)
+    out = aug.apply(events.to(device), params)
+    assert out.device.type == device and (out.cpu() <= expected).all() and torch.equal(out, out.round())
+    kept_in_frame = int(expected.sum())
+    assert kept_in_frame < 0.9 * int(events.sum())  # the case that matters: events left the frame
+    assert abs(int(out.sum()) / kept_in_frame - 0.7) < 5 * math.sqrt(0.21 / kept_in_frame)
+
+
+def test_run_on_another_device_gives_the_same_events_back_where_they_were() -> None:
+    """The self-check's fallback: augmentation on the CPU, the result returned to the events' device."""
+    events = count_frames(batch=8)
+    aug = EventAugment(**ALL, drop_rate=0.2)
+    params = aug.sample(8)
+    moves = []
+    real_apply = aug._apply
+    aug._apply = lambda e, p: moves.append(e.device) or real_apply(e, p)
+    aug.run_on = torch.device("cpu", 0)  # differs from the events' "cpu": the moving branch runs
+    out = aug.apply(events, params)
+    assert moves == [torch.device("cpu")]
+    aug.run_on = None
+    assert torch.equal(out, aug.apply(events, params)) and out.device == events.device

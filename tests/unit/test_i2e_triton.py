@@ -224,6 +224,36 @@ def test_launch_shapes(launch: dict) -> None:
         assert_same(kernel_events(x, 0.07, pairs, dtype, **launch), torch_events(x, 0.07, pairs, dtype))
 
 
+def test_every_candidate_config_is_exact() -> None:
+    """Whatever launch configuration a size class gets (or a timed sweep tries) gives the same
+    events: the interpreter honours BLOCK, the grid follows programs per SM."""
+    x = photos(9, 13)
+    pairs = random_pairs(torch.Generator().manual_seed(6))
+    expected = torch_events(x, 0.07, pairs, torch.bfloat16)
+    for config in {*i2e_triton.CANDIDATES, *(c for _, c in i2e_triton.SIZE_CLASSES)}:
+        got = i2e_triton.convert(x, 0.07, pairs, torch.bfloat16, config=config)
+        assert_same(got, expected)
+
+
+def test_one_config_per_size_class_whatever_the_batch() -> None:
+    """No autotuning: the configuration depends on the image size alone, so the last, smaller batch
+    of an epoch, a new dtype or a new batch size never starts a tuning sweep; and the kernel is not
+    specialised on the batch size or band split, so they never cost a recompilation either."""
+    configs = {size: i2e_triton.kernel_config(size, size) for size in (8, 16, 32, 64, 65, 128, 224, 512)}
+    assert configs[8] == configs[16] == configs[32] == configs[64] == i2e_triton.KernelConfig(512, 4, 2)
+    assert configs[65] == configs[128] == i2e_triton.KernelConfig(1024, 4, 2)
+    assert configs[224] == configs[512] == i2e_triton.KernelConfig(2048, 8, 1)
+    assert i2e_triton.kernel_config(224, 224) == i2e_triton.kernel_config(225, 223)  # a class, not a size
+    assert all(c in i2e_triton.CANDIDATES for _, c in i2e_triton.SIZE_CLASSES)
+    pytest.importorskip("triton.runtime.jit")
+    from triton.runtime.jit import JITFunction
+
+    kernel = i2e_triton._cuda_kernel()
+    assert type(kernel) is JITFunction  # not an Autotuner
+    unspecialised = {p.name for p in kernel.params if p.do_not_specialize}
+    assert unspecialised == {"pair_code", "B", "split", "band_rows"}
+
+
 def test_non_contiguous_inputs() -> None:
     x = photos(12, 16)
     cl = x.contiguous(memory_format=torch.channels_last)
@@ -368,7 +398,7 @@ def test_kernel_compiles_for_sm90(x_type: str, out_type: str, flags: dict) -> No
         out_ptr=out_type,
         pair_code="i64",
     )
-    constants = {**flags, "BLOCK": 1024, "PROGRAMS_PER_SM": 1}
+    constants = {**flags, "BLOCK": 1024}
     signature.update({name: "constexpr" for name in constants})
     # What the JIT knows for 224x224 contiguous images: pointers and sizes divisible by 16.
     divisible = ("x_ptr", "scratch_ptr", "out_ptr", "H", "W", "sxb", "sxc", "sxh")
@@ -389,21 +419,25 @@ def test_kernel_compiles_for_sm90(x_type: str, out_type: str, flags: dict) -> No
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_cuda_kernel_matches_torch_path(dtype: torch.dtype) -> None:
+def test_cuda_kernel_matches_torch_path() -> None:
+    """The compiled kernel on every output dtype and input kind. Each (input dtype, output dtype,
+    alignment) is one compilation of about a second: the cases are chosen to cover each branch
+    once, not every combination (the interpreter tests above cover those exactly)."""
     gen = torch.Generator().manual_seed(7)
+    odd = torch.randint(0, 256, (64, 3, 17, 23), dtype=torch.uint8, generator=gen)
     cases = [
-        torch.randint(0, 256, (1, 3, 224, 224), dtype=torch.uint8, generator=gen),
-        torch.randint(0, 256, (64, 3, 17, 23), dtype=torch.uint8, generator=gen),
-        torch.rand((3, 3, 129, 67), generator=gen),
-        photos(128, 128),
-        photos(224, 224).float() / 255,
+        (photos(224, 224), DTYPES),  # uint8, the large size class, every output dtype
+        (odd, [torch.float32, torch.bool]),  # unaligned rows, the small size class
+        (torch.randint(0, 256, (1, 3, 128, 128), dtype=torch.uint8, generator=gen), [torch.bfloat16]),
+        (torch.rand((3, 3, 129, 67), generator=gen), [torch.float16]),  # float input, many bands
+        (photos(128, 128).float() / 255, [torch.float32]),
     ]
-    for x in cases:
+    for x, dtypes in cases:
         x = x.cuda()
-        for pairs in (None, random_pairs(gen)):
-            expected = torch_events(x, 0.07, pairs=pairs, dtype=dtype)
-            assert_same(i2e_convert(x, 0.07, pairs=pairs, dtype=dtype), expected)  # auto -> triton
+        for dtype in dtypes:
+            for pairs in (None, random_pairs(gen)):
+                expected = torch_events(x, 0.07, pairs=pairs, dtype=dtype)
+                assert_same(i2e_convert(x, 0.07, pairs=pairs, dtype=dtype), expected)  # auto -> triton
 
 
 @pytest.mark.gpu

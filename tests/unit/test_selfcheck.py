@@ -101,3 +101,69 @@ def test_a_precision_lif_that_disagrees_falls_back():
 def test_nothing_to_check_without_a_fast_path():
     assert selfcheck.check_neuron_precision(build_model("ms_resnet18", 10), torch.bfloat16) is None
     assert selfcheck.check_neuron_precision(_precision_configured_model(), None) is None
+
+
+EVENT_AUGMENT = ("event_augment=dvs", "event_augment.drop_rate=0.2")
+
+
+def test_event_augmentation_is_checked_on_the_first_batch(tmp_path):
+    trainer = build_test_run(tmp_path, *RUN, *EVENT_AUGMENT, "trainer.self_check=on")
+    trainer.fit()
+    check = first_row(tmp_path)["self_check"]["event_augment"]
+    assert check["status"] == "passed" and "4 samples of 16x16" in check["detail"]
+    assert selfcheck.find_event_augment(trainer.parts.events_transform).run_on is None
+
+
+def test_event_augmentation_that_disagrees_with_the_cpu_runs_on_the_cpu(tmp_path, monkeypatch, caplog):
+    """The first call of the permutation is the device's (on this CPU: the check's first), the second
+    the CPU reference: a device that moves one entry wrongly is caught, and the run goes on on the CPU."""
+    from i2e_train.events.augment import EventAugment
+
+    real, calls = EventAugment._permute, []
+
+    def wrong_on_the_device(self, events, *args):
+        calls.append(1)
+        out = real(self, events, *args)
+        if len(calls) == 1:
+            out = out.clone()
+            out.view(-1)[3] += 1
+        return out
+
+    monkeypatch.setattr(EventAugment, "_permute", wrong_on_the_device)
+    trainer = build_test_run(tmp_path, *RUN, *EVENT_AUGMENT, "trainer.self_check=on")
+    trainer.fit()
+    check = first_row(tmp_path)["self_check"]["event_augment"]
+    assert check["status"] == "mismatch" and check["fallback"] == "cpu"
+    assert "1 permuted entries differ" in check["detail"]
+    assert selfcheck.find_event_augment(trainer.parts.events_transform).run_on == torch.device("cpu")
+    assert "self-check event_augment failed" in caplog.text
+
+
+def _binary_events() -> torch.Tensor:
+    return (torch.rand(8, 4, 2, 6, 6, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+
+
+def test_event_augmentation_that_raises_runs_on_the_cpu():
+    from i2e_train.events.augment import EventAugment
+
+    aug = EventAugment(flip_prob=0.5, translate=2, drop_rate=0.1)
+    real = aug._apply
+
+    def fails_once(events, params):
+        aug._apply = real
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    aug._apply = fails_once
+    result = selfcheck.check_event_augment(aug, _binary_events())
+    assert result.status == "error" and "illegal memory access" in result.detail
+    assert aug.run_on == torch.device("cpu")
+
+
+def test_a_drop_that_adds_events_is_a_mismatch():
+    from i2e_train.events.augment import EventAugment
+
+    aug = EventAugment(flip_prob=0.5, drop_rate=0.3)
+    aug._drop = lambda events, seed: events + 1  # not a thinning
+    result = selfcheck.check_event_augment(aug, _binary_events())
+    assert result.status == "mismatch" and "0 permuted entries differ" in result.detail
+    assert aug.run_on == torch.device("cpu")

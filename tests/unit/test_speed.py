@@ -173,10 +173,54 @@ def test_trainer_speed_keys_are_validated(key: str, value: object, needle: str) 
         config.options(TrainerOptions, {**defaults, key: value}, "trainer")
 
 
-def test_trainer_defaults_are_the_safe_ones() -> None:
+def test_trainer_defaults_are_the_measured_ones() -> None:
     opts = config.read(TrainerOptions, compose(), "trainer")
-    assert (opts.neuron_precision, opts.channels_last, opts.compile, opts.memopt) == ("auto", False, False, 0)
-    assert opts.cudnn_benchmark and opts.device_augment is None
+    assert (opts.precision, opts.neuron_precision, opts.channels_last) == ("auto", "auto", "auto")
+    assert (opts.compile, opts.memopt, opts.cudnn_benchmark, opts.device_augment) == (False, 0, True, None)
+
+
+CUDA = torch.device("cuda", 0)  # a device object only: resolving a default touches no GPU
+
+
+def test_auto_defaults_resolve_per_device() -> None:
+    """On CUDA: fp16 with loss scaling, channels_last, SpikingJelly's fp32 LIF state (the fastest
+    safe row measured on an H200, docs/benchmarks.md); on the CPU fp32 and NCHW, as before."""
+    from i2e_train.training.builders import resolve_amp
+
+    assert resolve_amp("auto", CUDA).dtype == torch.float16
+    assert resolve_amp("auto", CPU).dtype is None
+    assert resolve_amp("bf16", CUDA).dtype == torch.bfloat16 and resolve_amp("fp32", CUDA).dtype is None
+    assert speed.resolve_channels_last("auto", CUDA) is True
+    assert speed.resolve_channels_last("auto", CPU) is False
+    assert (
+        speed.resolve_channels_last(False, CUDA) is False and speed.resolve_channels_last(True, CPU) is True
+    )
+    triton = speed.importlib.util.find_spec("triton") is not None
+    assert speed.resolve_neuron_precision("auto", CUDA, torch.float16) == (
+        "spikingjelly" if triton else "cast"
+    )
+    assert speed.resolve_neuron_precision("auto", CPU, None) == "none"
+
+
+def test_the_documented_defaults_match_the_yaml() -> None:
+    """docs/benchmarks.md's "defaults these measurements decide" names every default as the YAML sets it."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md").read_text()
+    section = text.split("### Defaults these measurements decide", 1)[1].split("\n## ", 1)[0]
+    opts = config.section(compose(), "trainer")
+    for key in ("precision", "neuron_precision", "channels_last", "compile", "cudnn_benchmark", "memopt"):
+        value = str(opts[key]).lower() if isinstance(opts[key], bool) else opts[key]
+        assert f"| `trainer.{key}` | `{value}`" in section, key
+    assert "| `i2e.backend` | `auto`" in section and config.section(compose(), "i2e")["backend"] == "auto"
+
+
+def test_channels_last_values_are_checked() -> None:
+    defaults = config.section(compose(), "trainer")
+    for good in (True, False, "auto"):
+        assert config.options(TrainerOptions, {**defaults, "channels_last": good}, "trainer")
+    with pytest.raises(UserError, match="trainer.channels_last must be auto, true or false, got 'on'"):
+        config.options(TrainerOptions, {**defaults, "channels_last": "on"}, "trainer")
 
 
 @pytest.mark.gpu
